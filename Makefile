@@ -1,0 +1,30 @@
+# Two commands on a fresh machine with Python 3.11:  make demo  |  make test
+VENV := .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel of torch 2.13.0 lies on these machines' disk; install it first so that the
+	# requirements below do not pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/data_throughput.py
+	$(PY) bench/qat_step.py
+	$(PY) bench/distill_step.py
+	$(PY) bench/onnx_latency.py
+
+clean:
+	rm -rf results data/synthetic_sid

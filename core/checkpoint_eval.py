@@ -1,0 +1,88 @@
+"""Evaluating a saved checkpoint on a split: what test.py does, and what train.py does at the end.
+
+A checkpoint carries the config it was trained with, so the network (and, for quantized runs, the
+exact MQBench preparation with its special layers) is rebuilt from the checkpoint itself; the run
+config supplies only data and evaluation settings."""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import CheckpointSaver
+from core.config import Config, ConfigError
+from core.evaluate import evaluate
+from core.files import write_csv_atomic, write_text_atomic
+from core.metrics import psnr, ssim
+from core.records import format_table
+from core.setup import build_eval_dataset, build_float_model, ensure_data, resolve_device
+from data.sid import develop_short_exposure_baseline
+
+
+def default_checkpoint(config: Config) -> Path:
+    saver = CheckpointSaver(config.run_dir / "checkpoints")
+    for candidate in (saver.best(), saver.latest(),
+                      config.load_quant_model if config.quant else None, config.load_model):
+        if candidate:
+            return Path(candidate)
+    raise ConfigError(f"no checkpoint to evaluate: {saver.folder} is empty and load_model is not set "
+                      "(pass --checkpoint PATH)")
+
+
+def load_network(config: Config, checkpoint_path, device):
+    """The network stored in `checkpoint_path`: ours (float or quantized) or plain/authors' weights."""
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
+    payload = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    trained_with = Config.model_validate(payload["config"]) if isinstance(payload, dict) and "config" in payload else config
+    if isinstance(payload, dict) and payload.get("quantized"):
+        from quant import load_quantized_state, prepare_quantized_model
+        model = prepare_quantized_model(build_float_model(trained_with), trained_with.quant_scheme,
+                                        trained_with.extra_quantizer_dict.special_layer, trained_with.quantize_output)
+        load_quantized_state(model, payload["model"])
+    else:
+        model = build_float_model(trained_with, checkpoint_path)
+    return model.to(device).eval()
+
+
+def baseline_rows(dataset, ssim_variant):
+    """The naive baseline: the short exposure amplified by the ratio and developed by rawpy."""
+    rows = []
+    for pair in dataset.pairs:
+        target = np.asarray(dataset.cache.rgb(pair.long_path), dtype=np.float32) / 65535.0
+        developed = develop_short_exposure_baseline(pair.short_path, pair.ratio)
+        height, width = (min(a, b) // 32 * 32 for a, b in zip(target.shape[:2], developed.shape[:2]))
+        target, developed = target[:height, :width], developed[:height, :width]
+        rows.append({"baseline_psnr": psnr(developed, target), "baseline_ssim": ssim(developed, target, ssim_variant)})
+    return rows
+
+
+def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=None, with_baseline=False,
+                        save_images=None, out_dir=None):
+    device = device or resolve_device(config)
+    ensure_data(config)
+    model = load_network(config, checkpoint_path, device)
+    dataset = build_eval_dataset(config, split, model.input_kind if hasattr(model, "input_kind")
+                                 else build_float_model(config).input_kind)
+    out_dir = Path(out_dir or config.run_dir / f"{split}_results")
+    save_images = config.output.save_images if save_images is None else save_images
+    means, rows = evaluate(model, dataset, device, config.val.ssim, config.val.tile_size, config.val.tile_overlap,
+                           image_dir=out_dir / "images" if save_images else None, description=f"test ({split})")
+    report = {"split": split, "protocol": getattr(config.data, f"{split}_protocol", "all"), **means,
+              "checkpoint": str(checkpoint_path)}
+    if with_baseline:
+        for row, extra in zip(rows, baseline_rows(dataset, config.val.ssim)):
+            row.update(extra)
+        report["baseline_psnr"] = float(np.mean([r["baseline_psnr"] for r in rows]))
+        report["baseline_ssim"] = float(np.mean([r["baseline_ssim"] for r in rows]))
+    write_csv_atomic(out_dir / "per_image.csv", [{**r, "ssim_variant": config.val.ssim} for r in rows])
+    write_text_atomic(out_dir / "summary.json", json.dumps(report, indent=2))
+    table = [{"method": "trained model", "PSNR (dB)": means["psnr"], f"SSIM ({config.val.ssim})": means["ssim"]}]
+    if with_baseline:
+        table.append({"method": "naive baseline (amplified short exposure, rawpy)",
+                      "PSNR (dB)": report["baseline_psnr"], f"SSIM ({config.val.ssim})": report["baseline_ssim"]})
+    print(f"\n{split} split, protocol {report['protocol']}, {means['images']} images, checkpoint {checkpoint_path}")
+    print(format_table(table, list(table[0])))
+    print(f"per-image results: {out_dir / 'per_image.csv'}")
+    return report

@@ -1,0 +1,343 @@
+"""One YAML file drives a run. This module defines every key (the pydantic schema below), loads the
+file with its base files (`config_file_path`) and `--set key=value` overrides, and turns any
+mistake into a one-line `ConfigError` that names the key and the nearest valid one.
+
+Top-level keys of the user's thesis config (quant, test, onnx, quant_teacher, gpu_id, batch_size,
+debug, pdb_debug, load_model, load_quant_model, load_teacher_model, config_file_path,
+extra_quantizer_dict, output_layer_list, distill_config, distill_coeff) keep their names and
+meanings; everything else lives in sections (data, model, optim, schedule, loss, val, output,
+quant_scheme, distill, onnx_export) whose defaults reproduce the authors' recipe.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quant.scheme import QuantSchemeConfig
+
+
+class ConfigError(ValueError):
+    """A config mistake; the message is one line and names the key at fault."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticDataConfig(Section):
+    """Parameters of the embedded SID-format stand-in, generated when `data.root` has no data set."""
+    seed: int = 0
+    height: int = 256
+    width: int = 384
+    train_scenes: int = 4
+    val_scenes: int = 1
+    test_scenes: int = 2
+    bursts: int = 2
+
+
+class DataConfig(Section):
+    root: str = "data/synthetic_sid"
+    # null for real SID; a mapping here makes the run generate the stand-in at `root` if it is absent.
+    synthetic: Optional[SyntheticDataConfig] = Field(default_factory=SyntheticDataConfig)
+    train_list: str = "Sony_train_list.txt"
+    val_list: str = "Sony_val_list.txt"
+    test_list: str = "Sony_test_list.txt"
+    cache_dir: Optional[str] = None  # decoded-raw cache; default <root>/.decoded_cache
+    patch_size: int = 512
+    flip: bool = True
+    transpose: bool = False
+    num_workers: int = 2
+    decode_workers: int = 2
+    val_protocol: Literal["all", "sid", "dble"] = "sid"
+    test_protocol: Literal["all", "sid", "dble"] = "sid"
+    exclude_misaligned: bool = True
+    max_train_pairs: Optional[int] = None
+    max_val_pairs: Optional[int] = None
+    max_test_pairs: Optional[int] = None
+
+    @field_validator("patch_size")
+    @classmethod
+    def _multiple_of_32(cls, value):
+        if value <= 0 or value % 32:
+            raise ValueError("must be a positive multiple of 32 (the network downsamples 16x on packed input)")
+        return value
+
+
+class ModelConfig(Section):
+    name: Literal["dbf_dble", "sid_unet"] = "dbf_dble"
+    width: float = Field(1.0, gt=0)  # channel multiplier; 1.0 = the published network
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-5, gt=0)  # the authors' constant Adam lr
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: Optional[float] = None
+
+
+class ScheduleConfig(Section):
+    epochs: int = Field(100, ge=1)
+    iters_per_epoch: Optional[int] = None  # null: one pass over the training pairs
+    scheduler: Literal["constant", "cosine", "step"] = "constant"
+    step_size: int = 30  # epochs, for scheduler: step
+    gamma: float = 0.5
+    min_lr: float = 0.0  # for scheduler: cosine
+    grad_accum_steps: int = Field(1, ge=1)
+
+
+class LossConfig(Section):
+    mono_weight: float = 1.0
+    rgb_weight: float = 1.0
+
+
+class ValConfig(Section):
+    every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
+    ssim: Literal["skimage", "gaussian"] = "skimage"
+    tile_size: Optional[int] = None  # null: whole frames; else tiles of this size (multiple of 32)
+    tile_overlap: int = 32
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_multiple_of_32(cls, value):
+        if value is not None and (value <= 0 or value % 32):
+            raise ValueError("must be a positive multiple of 32")
+        return value
+
+
+class OutputConfig(Section):
+    results_dir: str = "results"
+    experiment: Optional[str] = None  # null: the config file's name
+    keep_best: int = Field(1, ge=1)
+    tensorboard: bool = True
+    save_images: bool = False
+
+
+class DistillConfig(Section):
+    feature_loss: Literal["mse", "l1", "scale_invariant"] = "mse"
+
+
+class OnnxExportConfig(Section):
+    opset: Optional[int] = None  # null: the lowest opset that represents every quantizer faithfully
+    height: int = 64
+    width: int = 64
+
+
+class SpecialLayers(Section):
+    model_config = ConfigDict(extra="forbid")
+    special_layer: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(Section):
+    # The user's own top-level keys (see quantization.md for their meaning).
+    quant: bool = False
+    test: bool = False
+    onnx: bool = False
+    quant_teacher: bool = False
+    gpu_id: int = 0
+    batch_size: int = Field(24, ge=1)
+    debug: bool = False
+    pdb_debug: bool = False
+    load_model: Optional[str] = None
+    load_quant_model: Optional[str] = None
+    load_teacher_model: Optional[str] = None
+    config_file_path: Union[str, list[str], None] = None
+    extra_quantizer_dict: SpecialLayers = Field(default_factory=SpecialLayers)
+    output_layer_list: list[str] = Field(default_factory=list)
+    distill_config: list[str] = Field(default_factory=list)
+    distill_coeff: list[float] = Field(default_factory=list)
+
+    # Harness keys.
+    device: str = "auto"  # auto | cpu | cuda | cuda:N ; auto = CUDA (gpu_id) when present, else CPU
+    seed: int = 0
+    allow_random_init: bool = False
+    quantize_output: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    val: ValConfig = Field(default_factory=ValConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    quant_scheme: QuantSchemeConfig = Field(default_factory=QuantSchemeConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    onnx_export: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
+
+    @field_validator("load_model", "load_quant_model", "load_teacher_model", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value):
+        # The user's file writes `load_quant_model : ` (YAML null) or '' for "none".
+        return None if value in ("", None) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value):
+        if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _distill_lengths(self):
+        if self.distill_coeff and len(self.distill_coeff) != len(self.distill_config):
+            raise ValueError(f"distill_coeff has {len(self.distill_coeff)} value(s) but distill_config "
+                             f"names {len(self.distill_config)} layer(s)")
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.output.experiment or "run"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.results_dir) / self.experiment
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return loaded
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "special_layer":
+            merged[key] = _merge(merged[key], value)
+        else:
+            # special_layer is replaced whole: a run that lists its high-bit layers means exactly those.
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _resolve_base(name: str, including: Path) -> Path:
+    # The user writes base paths relative to the repository root (`./configfile/aba_config.yaml`);
+    # also accept paths relative to the including file.
+    for candidate in (Path(name), including.parent / name):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config_file_path in {including}: file not found: {name}")
+
+
+def _load_with_bases(path: Path, seen: tuple = ()) -> dict:
+    if path.resolve() in seen:
+        raise ConfigError(f"config_file_path: {path} includes itself (cycle {' -> '.join(map(str, seen))})")
+    raw = _read_yaml(path)
+    bases = raw.get("config_file_path") or []
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, _load_with_bases(_resolve_base(base, path), seen + (path.resolve(),)))
+    return _merge(merged, raw)
+
+
+def _apply_override(raw: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value (e.g. --set schedule.epochs=3)")
+    dotted, text = assignment.split("=", 1)
+    value = yaml.safe_load(text) if text.strip() else None
+    node = raw
+    keys = dotted.strip().split(".")
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _fields_at(location: tuple) -> list[str]:
+    model: Any = Config
+    for part in location:
+        field = getattr(model, "model_fields", {}).get(part)
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    location = tuple(str(part) for part in first["loc"])
+    key = ".".join(location) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        valid = _fields_at(location[:-1])
+        close = difflib.get_close_matches(location[-1], valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join(location[:-1] + (close[0],))}'?" if close else f"valid keys here: {', '.join(valid)}"
+        return f"{source}: unknown config key '{key}'; {hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    shown = repr(first.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{source}: config key '{key}': {message} (got {shown})"
+
+
+def load_config(path, overrides=(), check_files=True) -> Config:
+    """Read `path` on top of its `config_file_path` bases, apply `key=value` overrides, validate."""
+    path = Path(path)
+    raw = _load_with_bases(path)
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, str(path))) from None
+    if config.output.experiment is None:
+        config.output.experiment = path.stem
+    if config.debug:
+        shrink_for_debug(config)
+    if check_files:
+        check_named_files(config, str(path))
+    return config
+
+
+def shrink_for_debug(config: Config) -> None:
+    """`debug: true`: a smoke test of every stage in seconds, same code path as a real run."""
+    config.schedule.epochs = min(config.schedule.epochs, 2)
+    config.schedule.iters_per_epoch = min(config.schedule.iters_per_epoch or 2, 2)
+    config.data.max_train_pairs = min(config.data.max_train_pairs or 4, 4)
+    config.data.max_val_pairs = min(config.data.max_val_pairs or 2, 2)
+    config.data.max_test_pairs = min(config.data.max_test_pairs or 2, 2)
+    config.data.patch_size = min(config.data.patch_size, 64)
+    config.batch_size = min(config.batch_size, 2)
+    config.quant_scheme.calibration_batches = min(config.quant_scheme.calibration_batches, 1)
+
+
+def check_named_files(config: Config, source: str) -> None:
+    """Stop before any work when a file the run will need does not exist."""
+    needed = {"load_model": config.load_model}
+    if config.quant:
+        needed["load_quant_model"] = config.load_quant_model
+    if config.quant and config.quant_teacher:
+        needed["load_teacher_model"] = config.load_teacher_model
+    for key, value in needed.items():
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{source}: {key}: file not found: {value}")
+    if config.quant and not (config.load_model or config.load_quant_model or config.allow_random_init):
+        # Quantizing random weights wastes the run (the user lost weeks to it): demand intent.
+        raise ConfigError(f"{source}: quant: true needs load_model (full-precision weights) or "
+                          "load_quant_model; set allow_random_init: true to quantize random weights on purpose")
+    if config.quant and config.quant_teacher and not config.load_teacher_model:
+        raise ConfigError(f"{source}: quant_teacher: true needs load_teacher_model (the full-precision teacher)")
+    if config.data.synthetic is None and not Path(config.data.root).is_dir():
+        raise ConfigError(f"{source}: data.root: folder not found: {config.data.root} "
+                          "(set data.synthetic to generate the embedded stand-in there)")
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

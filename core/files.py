@@ -1,0 +1,64 @@
+"""Atomic writes: a killed run or a full disk must never leave a truncated checkpoint or metric file,
+so everything is written to a temporary file in the same folder, flushed, then renamed over."""
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def _replace_from_temp(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    _replace_from_temp(Path(path), lambda stream: stream.write(data))
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_csv_atomic(path, rows: list[dict], columns: list[str] | None = None) -> None:
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def read_csv(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def torch_save_atomic(payload, path) -> None:
+    _replace_from_temp(Path(path), lambda stream: torch.save(payload, stream))
+
+
+def check_writable(folder) -> None:
+    """Fail before training when results cannot be written, not after hours of work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"results folder not writable: {folder} ({error.strerror or error})") from None

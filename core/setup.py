@@ -1,0 +1,86 @@
+"""Building what a run needs from its config: device, data, networks. Shared by train.py, test.py,
+hessian_rank.py, export_onnx.py and sweep.py so each reads the same keys the same way."""
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from core.config import Config, ConfigError
+from data.raw_cache import RawCache
+from data.sid import SIDEvalDataset, SIDTrainDataset, prepare_split
+from data.synthetic import generate_synthetic_sid
+from models import build_model
+from models.weights import load_weights
+
+
+def resolve_device(config: Config) -> torch.device:
+    wanted = config.device
+    if wanted == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(wanted.split(":")[1]) if ":" in wanted else config.gpu_id
+    if wanted == "auto" and available == 0:
+        return torch.device("cpu")
+    if available == 0:
+        raise ConfigError(f"device: {wanted} asked for CUDA but no CUDA device is present; use device: cpu or auto")
+    if index >= available:
+        key = "device" if ":" in wanted else "gpu_id"
+        raise ConfigError(f"{key}: CUDA device {index} asked for but only {available} present "
+                          f"(valid: 0..{available - 1})")
+    return torch.device(f"cuda:{index}")
+
+
+def ensure_data(config: Config) -> Path:
+    """The embedded stand-in is generated on first use; real SID is used as it is."""
+    root = Path(config.data.root)
+    if config.data.synthetic is not None:
+        generate_synthetic_sid(root, **config.data.synthetic.model_dump())
+    return root
+
+
+def _cache_dir(config: Config) -> Path:
+    return Path(config.data.cache_dir or Path(config.data.root) / ".decoded_cache")
+
+
+def _cache(config: Config) -> RawCache:
+    return RawCache(_cache_dir(config))
+
+
+def split_pairs(config: Config, split: str):
+    data = config.data
+    list_name, protocol, limit = {
+        # Training uses every pair; misaligned scenes are a metrics concern only.
+        "train": (data.train_list, "all", data.max_train_pairs),
+        "val": (data.val_list, data.val_protocol, data.max_val_pairs),
+        "test": (data.test_list, data.test_protocol, data.max_test_pairs),
+    }[split]
+    exclude = data.exclude_misaligned and split != "train"
+    return prepare_split(data.root, list_name, protocol, exclude, _cache_dir(config), data.decode_workers, limit)
+
+
+def build_train_loader(config: Config, input_kind: str, seed: int):
+    dataset = SIDTrainDataset(split_pairs(config, "train"), _cache(config), config.data.patch_size, input_kind,
+                              flip=config.data.flip, transpose=config.data.transpose, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    workers = config.data.num_workers
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, generator=generator,
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def build_eval_dataset(config: Config, split: str, input_kind: str):
+    return SIDEvalDataset(split_pairs(config, split), _cache(config), input_kind)
+
+
+def build_eval_batches(config: Config, split: str = "val", count: int = 4, input_kind=None):
+    """A few full-frame batches (batch size 1) for calibration-free tools such as the Hessian ranking."""
+    input_kind = input_kind or build_model(config.model.name, config.model.width).input_kind
+    dataset = build_eval_dataset(config, split, input_kind)
+    return [{k: (v.unsqueeze(0) if torch.is_tensor(v) else v) for k, v in dataset[i].items()}
+            for i in range(min(count, len(dataset)))]
+
+
+def build_float_model(config: Config, weights=None):
+    model = build_model(config.model.name, config.model.width)
+    if weights:
+        load_weights(model, weights)
+    return model

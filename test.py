@@ -1,0 +1,44 @@
+"""Evaluate a checkpoint on a split of the data named by a run config.
+
+    python test.py --config configfile/demo_fp.yaml [--checkpoint PATH] [--split test|val]
+                   [--tile-size 512 --tile-overlap 32] [--save-images] [--set key=value ...]
+
+Writes per_image.csv (file, ratio, PSNR, SSIM) and summary.json under results/<experiment>/<split>_results/.
+Without --checkpoint it takes the run's best checkpoint (then its latest, then load_model).
+`--tile-size` evaluates full 4256x2848 frames in bounded memory.
+"""
+import argparse
+import sys
+
+import core.runner
+from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint
+from core.config import load_config
+from core.runner import run_entry_point
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", help="checkpoint or weights file (default: the run's best)")
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--tile-size", type=int, help="evaluate in tiles of this size (multiple of 32)")
+    parser.add_argument("--tile-overlap", type=int, help="pixels of context kept on each tile side")
+    parser.add_argument("--save-images", action="store_true", help="write the predicted RGB as PNG")
+    parser.add_argument("--baseline", action="store_true", help="also score the naive amplified-exposure baseline")
+    parser.add_argument("--out", help="output folder (default results/<experiment>/<split>_results)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.tile_size is not None:
+        overrides.append(f"val.tile_size={args.tile_size}")
+    if args.tile_overlap is not None:
+        overrides.append(f"val.tile_overlap={args.tile_overlap}")
+    config = load_config(args.config, overrides, check_files=False)
+    core.runner.post_mortem = config.pdb_debug
+    checkpoint = args.checkpoint or default_checkpoint(config)
+    return evaluate_checkpoint(config, checkpoint, split=args.split, with_baseline=args.baseline,
+                               save_images=args.save_images or None, out_dir=args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry_point(main, sys.argv[1:]))
