@@ -4,6 +4,7 @@ A checkpoint carries the config it was trained with, so the network (and, for qu
 exact MQBench preparation with its special layers) is rebuilt from the checkpoint itself; the run
 config supplies only data and evaluation settings."""
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,11 @@ def load_network(config: Config, checkpoint_path, device):
     trained_with = Config.model_validate(payload["config"]) if isinstance(payload, dict) and "config" in payload else config
     if isinstance(payload, dict) and payload.get("quantized"):
         from quant import load_quantized_state, prepare_quantized_model
-        model = prepare_quantized_model(build_float_model(trained_with), trained_with.quant_scheme,
-                                        trained_with.extra_quantizer_dict.special_layer, trained_with.quantize_output)
+        with warnings.catch_warnings():  # the special-layer notes were reported when the run started
+            warnings.simplefilter("ignore")
+            model = prepare_quantized_model(build_float_model(trained_with), trained_with.quant_scheme,
+                                            trained_with.extra_quantizer_dict.special_layer,
+                                            trained_with.quantize_output)
         load_quantized_state(model, payload["model"])
     else:
         model = build_float_model(trained_with, checkpoint_path)

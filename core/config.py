@@ -122,7 +122,7 @@ class DistillConfig(Section):
 
 
 class OnnxExportConfig(Section):
-    opset: Optional[int] = None  # null: the lowest opset that represents every quantizer faithfully
+    opset: Optional[int] = None  # null: 17, or 21 when a quantizer is wider than 8 bits (int16 QDQ)
     height: int = 64
     width: int = 64
 
@@ -149,7 +149,7 @@ class Config(Section):
     extra_quantizer_dict: SpecialLayers = Field(default_factory=SpecialLayers)
     output_layer_list: list[str] = Field(default_factory=list)
     distill_config: list[str] = Field(default_factory=list)
-    distill_coeff: list[float] = Field(default_factory=list)
+    distill_coeff: Union[float, list[float]] = Field(default_factory=list)  # one number: same for every layer
 
     # Harness keys.
     device: str = "auto"  # auto | cpu | cuda | cuda:N ; auto = CUDA (gpu_id) when present, else CPU
@@ -182,6 +182,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _distill_lengths(self):
+        if not isinstance(self.distill_coeff, list):
+            self.__dict__["distill_coeff"] = [float(self.distill_coeff)] * len(self.distill_config)
         if self.distill_coeff and len(self.distill_coeff) != len(self.distill_config):
             raise ValueError(f"distill_coeff has {len(self.distill_coeff)} value(s) but distill_config "
                              f"names {len(self.distill_config)} layer(s)")
@@ -245,11 +247,15 @@ def _load_with_bases(path: Path, seen: tuple = ()) -> dict:
     return _merge(merged, raw)
 
 
-def _apply_override(raw: dict, assignment: str) -> None:
-    if "=" not in assignment:
+def _apply_override(raw: dict, assignment) -> None:
+    """`assignment` is 'dotted.key=yaml value' (command line) or a (dotted key, value) pair (sweeps)."""
+    if isinstance(assignment, tuple):
+        dotted, value = assignment
+    elif "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value (e.g. --set schedule.epochs=3)")
-    dotted, text = assignment.split("=", 1)
-    value = yaml.safe_load(text) if text.strip() else None
+    else:
+        dotted, text = assignment.split("=", 1)
+        value = yaml.safe_load(text) if text.strip() else None
     node = raw
     keys = dotted.strip().split(".")
     for key in keys[:-1]:
@@ -281,6 +287,8 @@ def _one_line(error: ValidationError, source: str) -> str:
         hint = f"did you mean '{'.'.join(location[:-1] + (close[0],))}'?" if close else f"valid keys here: {', '.join(valid)}"
         return f"{source}: unknown config key '{key}'; {hint}"
     message = first["msg"].removeprefix("Value error, ")
+    if not location:
+        return f"{source}: {message}"
     shown = repr(first.get("input"))
     if len(shown) > 60:
         shown = shown[:57] + "..."

@@ -2,9 +2,17 @@
 weights, layer names) prints one line and exits 2; `pdb_debug: true` opens the post-mortem debugger
 instead; LOWLIGHT_TRACEBACK=1 shows the full traceback for bug reports."""
 import os
+import warnings
 import sys
 
 from core.config import ConfigError
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+# Users read warnings about their config (e.g. a special-layer entry that cannot apply), not our source.
+warnings.formatwarning = _one_line_warning
 
 # Set by an entry point once its config is loaded, so errors after that honour `pdb_debug`.
 post_mortem = False

@@ -1,0 +1,145 @@
+"""onnxruntime CPU latency of the exported networks: full precision vs QDQ (all 8-bit, and with the
+user's 10-bit special layers), full width, one 512x512 mosaic, 2 threads, median of runs.
+
+    python bench/onnx_latency.py [--size 512] [--runs 10] [--threads 2] [--width 1.0] [--weights PATH]
+                                 [--out DIR] [--json PATH]
+
+It also tells how onnxruntime ran each QDQ graph: the graph it actually executes (saved with
+SessionOptions.optimized_model_filepath) is read back and its convolutions counted as fused integer
+kernels (QLinearConv and friends) or float Conv fed by DequantizeLinear. Weights are random unless
+--weights names full-precision weights; latency does not depend on them, the fusion decisions neither.
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deploy import export_full_precision, export_qdq  # noqa: E402
+from models import build_model  # noqa: E402
+
+SCHEME_W8A8 = {
+    "weight": {"quantizer": "lsq", "bits": 8, "symmetric": True, "per_channel": True},
+    "activation": {"quantizer": "lsq", "bits": 8, "symmetric": False, "per_channel": False},
+    "calibration_batches": 2,
+}
+SEED_CONFIG = Path(__file__).resolve().parents[1] / "configfile" / "seed_aba.yaml"
+INTEGER_KERNELS = ("QLinearConv", "QLinearConvTranspose", "ConvInteger", "QLinearAdd", "QLinearMul",
+                   "QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat", "QLinearAveragePool",
+                   "QLinearGlobalAveragePool")
+
+
+def quantized(model, special):
+    from quant import calibrate, prepare_quantized_model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = prepare_quantized_model(model, SCHEME_W8A8, special)
+    generator = torch.Generator().manual_seed(0)
+    calibrate(qmodel, [torch.rand(1, 1, 128, 128, generator=generator) for _ in range(2)])
+    return qmodel.eval()
+
+
+def session(path, threads, optimized_path=None):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimized_path:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def latency(path, size, runs, threads):
+    sess = session(path, threads)
+    x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
+    for _ in range(2):  # first runs allocate and pick kernels
+        sess.run(None, {"raw": x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, {"raw": x})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def executed_graph(path, threads, folder):
+    """Op counts of the graph onnxruntime runs after its optimizations."""
+    optimized = Path(folder) / f"{Path(path).stem}.optimized.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        session(path, threads, optimized)
+    model = onnx.load(str(optimized), load_external_data=False)
+    return Counter(node.op_type for node in model.graph.node)
+
+
+def describe_execution(ops: Counter) -> str:
+    fused = {op: n for op, n in ops.items() if op in INTEGER_KERNELS}
+    float_convs = sum(n for op, n in ops.items() if op in ("Conv", "FusedConv", "ConvTranspose", "NchwcConv"))
+    parts = [", ".join(f"{op} x{n}" for op, n in sorted(fused.items())) or "no integer kernels"]
+    parts.append(f"float conv x{float_convs}")
+    parts.append(f"Q/DQ left x{ops.get('QuantizeLinear', 0) + ops.get('DequantizeLinear', 0)}")
+    return "; ".join(parts)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--weights", help="full-precision weights to load (default: random init)")
+    parser.add_argument("--out", help="keep the exported models here (default: a temporary folder)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    special = yaml.safe_load(SEED_CONFIG.read_text())["extra_quantizer_dict"]["special_layer"]
+
+    def float_model():
+        model = build_model("dbf_dble", args.width)
+        if args.weights:
+            from models.weights import load_weights
+            load_weights(model, args.weights)
+        return model.eval()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(args.out or scratch)
+        out.mkdir(parents=True, exist_ok=True)
+        base = float_model()
+        exports = [("fp32", export_full_precision(base, out / "fp32.onnx"))]
+        exports.append(("qdq w8a8", export_qdq(quantized(float_model(), None), out / "qdq_w8a8.onnx")))
+        exports.append(("qdq w8a8 + 10-bit special layers",
+                        export_qdq(quantized(float_model(), special), out / "qdq_w8a8_special10.onnx")))
+        rows = []
+        for label, info in exports:
+            median, best = latency(info.path, args.size, args.runs, args.threads)
+            ops = executed_graph(info.path, args.threads, scratch)
+            rows.append({"model": label, "opset": info.opset, "file_mb": info.file_bytes / 1e6,
+                         "median_ms": median * 1e3, "min_ms": best * 1e3, "passed_checks": info.passed,
+                         "execution": describe_execution(ops) if label != "fp32" else "float",
+                         "executed_ops": dict(ops)})
+    print(f"onnxruntime {ort.__version__} CPU, {args.threads} threads, 1x1x{args.size}x{args.size}, "
+          f"width {args.width}, median of {args.runs} runs")
+    print(f"{'model':34s} {'opset':>5s} {'MB':>7s} {'median ms':>10s} {'min ms':>8s}  how it ran")
+    for row in rows:
+        print(f"{row['model']:34s} {row['opset']:5d} {row['file_mb']:7.2f} {row['median_ms']:10.1f} "
+              f"{row['min_ms']:8.1f}  {row['execution']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""SID (Sony) list files, evaluation protocols and the training / evaluation datasets.
+
+Inputs follow the DBF/DBLE and SID recipe: (raw - black) / (white - black), clamped at 0, times
+the exposure ratio, not clipped at 1. Targets are the cached postprocess() RGB / 65535 and its
+luma (0.2989 R + 0.5870 G + 0.1140 B). Datasets hold only pairs and a RawCache and read crops from
+memory maps opened per item, so memory stays flat however many pairs are listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.raw_cache import (
+    RawCache,
+    RawInfo,
+    one_line_error,
+    cfa_pattern,
+    ground_truth_postprocess,
+    open_raw,
+    rggb_origin_offset,
+)
+
+MAXIMUM_RATIO = 300.0
+# SID's authors advise leaving these test scenes out of metrics: input and ground truth differ.
+MISALIGNED_SCENES = frozenset({10034, 10045, 10172})
+PROTOCOLS = ("all", "sid", "dble")
+INPUT_KINDS = ("mosaic", "packed")
+LIST_ALIASES = {"train": "Sony_train_list.txt", "val": "Sony_val_list.txt", "test": "Sony_test_list.txt"}
+LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
+# Models downsample four or five times (DBF/DBLE: 4 pools at full resolution; SID U-Net: packing
+# plus 4 pools), so evaluation frames are cut to multiples of 32.
+EVAL_MULTIPLE = 32
+
+_NAME_PATTERN = re.compile(r"^(?P<scene>\d{5})_(?P<burst>\d{2})_(?P<exposure>\d+(?:\.\d+)?)s$")
+
+
+@dataclasses.dataclass(frozen=True)
+class SIDPair:
+    short_path: Path
+    long_path: Path
+    name: str
+    scene: int
+    burst: int
+    input_exposure: float
+    gt_exposure: float
+    ratio: float
+    iso: str
+    aperture: str
+
+
+def _parse_name(path_text: str) -> tuple[int, int, float] | None:
+    match = _NAME_PATTERN.match(Path(path_text).stem)
+    if match is None:
+        return None
+    return int(match["scene"]), int(match["burst"]), float(match["exposure"])
+
+
+def resolve_list_file(root: str | os.PathLike, list_name: str | os.PathLike) -> Path:
+    """'train' / 'val' / 'test' or a file name, relative to root unless absolute."""
+    list_name = LIST_ALIASES.get(str(list_name), list_name)
+    path = Path(list_name)
+    return path if path.is_absolute() else Path(root).absolute() / path
+
+
+def read_list(list_file: str | os.PathLike, root: str | os.PathLike) -> list[SIDPair]:
+    """Parses a SID list file; lines are `./Sony/short/X.ARW ./Sony/long/Y.ARW ISO200 F9`."""
+    list_file = Path(list_file)
+    root = Path(root).absolute()
+    try:
+        lines = list_file.read_text().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"SID list file not found: {list_file}") from None
+    pairs = []
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        where = f"{list_file}:{line_number}"
+        if len(fields) != 4 or not fields[2].startswith("ISO") or not fields[3].startswith("F"):
+            raise ValueError(f"{where}: expected 'short_path long_path ISO<n> F<n>', got {line.strip()!r}")
+        short_text, long_text, iso, aperture = fields
+        short_fields = _parse_name(short_text)
+        long_fields = _parse_name(long_text)
+        if short_fields is None or long_fields is None:
+            raise ValueError(f"{where}: file names must look like 10003_00_0.1s.ARW, got {line.strip()!r}")
+        scene, burst, input_exposure = short_fields
+        long_scene, _, gt_exposure = long_fields
+        if long_scene != scene:
+            raise ValueError(f"{where}: short scene {scene:05d} and long scene {long_scene:05d} differ")
+        if input_exposure <= 0 or gt_exposure <= 0:
+            raise ValueError(f"{where}: exposure times must be positive, got {line.strip()!r}")
+        pairs.append(
+            SIDPair(
+                short_path=root / short_text,
+                long_path=root / long_text,
+                name=Path(short_text).stem,
+                scene=scene,
+                burst=burst,
+                input_exposure=input_exposure,
+                gt_exposure=gt_exposure,
+                ratio=min(gt_exposure / input_exposure, MAXIMUM_RATIO),
+                iso=iso,
+                aperture=aperture,
+            )
+        )
+    return pairs
+
+
+def select_pairs(pairs: Sequence[SIDPair], protocol: str, exclude_misaligned: bool) -> list[SIDPair]:
+    """'all': every pair; 'sid': burst 00 of every exposure (SID paper, 93 test pairs);
+    'dble': burst 00 of the 0.1 s inputs only (DBF/DBLE paper, 50 test pairs)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choices: {', '.join(PROTOCOLS)}")
+    selected = []
+    for pair in pairs:
+        if exclude_misaligned and pair.scene in MISALIGNED_SCENES:
+            continue
+        if protocol in ("sid", "dble") and pair.burst != 0:
+            continue
+        if protocol == "dble" and not np.isclose(pair.input_exposure, 0.1):
+            continue
+        selected.append(pair)
+    return selected
+
+
+def prepare_split(
+    root: str | os.PathLike,
+    list_name: str | os.PathLike,
+    protocol: str,
+    exclude_misaligned: bool,
+    cache_dir: str | os.PathLike,
+    workers: int,
+    max_pairs: int | None = None,
+) -> list[SIDPair]:
+    """Reads a list ('train'/'val'/'test' or a file name under root), selects the protocol's
+    pairs, truncates to max_pairs (debug runs) and decodes their files into the cache."""
+    pairs = select_pairs(read_list(resolve_list_file(root, list_name), root), protocol, exclude_misaligned)
+    if max_pairs is not None:
+        pairs = pairs[:max_pairs]
+    RawCache(cache_dir).build([pair.short_path for pair in pairs], [pair.long_path for pair in pairs], workers=workers)
+    return pairs
+
+
+def normalise_mosaic(raw: np.ndarray, info: RawInfo, ratio: float) -> np.ndarray:
+    """(raw - black) / (white - black), clamped at 0, times the ratio; float32, not clipped at 1."""
+    scaled = np.asarray(raw, dtype=np.float32) - np.float32(info.black_level)
+    scaled *= np.float32(ratio / (info.white_level - info.black_level))
+    np.maximum(scaled, 0.0, out=scaled)
+    return scaled
+
+
+def pack_raw(mosaic: np.ndarray) -> np.ndarray:
+    """SID's pack_raw channel order for an RGGB mosaic: R, G(0,1), B, G(1,0)."""
+    return np.stack((mosaic[0::2, 0::2], mosaic[0::2, 1::2], mosaic[1::2, 1::2], mosaic[1::2, 0::2]))
+
+
+def _sample(
+    input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, input_kind: str, name: str
+) -> dict:
+    mosaic = normalise_mosaic(input_patch, info, ratio)
+    network_input = pack_raw(mosaic) if input_kind == "packed" else mosaic[None]
+    rgb = np.ascontiguousarray(np.moveaxis(rgb_patch, 2, 0)).astype(np.float32)
+    rgb /= np.float32(65535.0)
+    mono = LUMA_WEIGHTS[0] * rgb[0] + LUMA_WEIGHTS[1] * rgb[1] + LUMA_WEIGHTS[2] * rgb[2]
+    return {
+        "input": torch.from_numpy(np.ascontiguousarray(network_input)),
+        "rgb": torch.from_numpy(rgb),
+        "mono": torch.from_numpy(np.ascontiguousarray(mono[None], dtype=np.float32)),
+        "ratio": torch.tensor(ratio, dtype=torch.float32),
+        "name": name,
+    }
+
+
+def _check_input_kind(input_kind: str) -> None:
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"unknown input_kind {input_kind!r}; choices: {', '.join(INPUT_KINDS)}")
+
+
+def _open_pair(cache: RawCache, pair: SIDPair) -> tuple[np.memmap, RawInfo, np.memmap]:
+    mosaic, info = cache.mosaic(pair.short_path)
+    rgb = cache.rgb(pair.long_path)
+    if mosaic.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"{pair.short_path}: mosaic {mosaic.shape} and ground truth {pair.long_path} {rgb.shape[:2]} differ in size"
+        )
+    return mosaic, info, rgb
+
+
+class SIDTrainDataset(Dataset):
+    """Random patch_size crops, one per pair per epoch, with Bayer-phase-preserving flips.
+
+    A flip of an RGGB patch whose size is even puts a G site at the origin. Flipped axes therefore
+    take their window at an odd offset: after the flip, the first row/column is the window's last
+    one, which is even in the frame and so starts with R again. Transposing keeps R and B on the
+    diagonal, so RGGB stays RGGB. The targets get exactly the same window and operations.
+
+    Random numbers come from a generator seeded by `seed` and one draw of torch's global RNG, so
+    torch.manual_seed (and DataLoader's per-worker seeding) makes epochs reproducible.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[SIDPair],
+        cache: RawCache,
+        patch_size: int,
+        input_kind: str,
+        flip: bool = True,
+        transpose: bool = False,
+        seed: int = 0,
+    ):
+        _check_input_kind(input_kind)
+        if patch_size <= 0 or patch_size % 2:
+            raise ValueError(f"patch_size must be a positive even number, got {patch_size}")
+        if input_kind == "packed" and patch_size % 4:
+            raise ValueError(f"patch_size must be a multiple of 4 for packed input, got {patch_size}")
+        self.pairs = list(pairs)
+        self.cache = cache
+        self.patch_size = patch_size
+        self.input_kind = input_kind
+        self.flip = flip
+        self.transpose = transpose
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def sample(
+        self, index: int, top: int, left: int, flip_vertical: bool, flip_horizontal: bool, transpose: bool
+    ) -> dict:
+        """The patch whose window in the frame starts at (top, left); an offset must be even on
+        an unflipped axis and odd on a flipped one (see the class docstring)."""
+        pair = self.pairs[index]
+        mosaic, info, rgb = _open_pair(self.cache, pair)
+        return self._crop(pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose)
+
+    def _crop(self, pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose) -> dict:
+        size = self.patch_size
+        height, width = mosaic.shape
+        for label, offset, flipped, extent in (("top", top, flip_vertical, height), ("left", left, flip_horizontal, width)):
+            if offset % 2 != int(flipped):
+                parity = "odd" if flipped else "even"
+                raise ValueError(f"{label}={offset} must be {parity} to keep the RGGB phase")
+            if offset < 0 or offset + size > extent:
+                raise ValueError(f"{pair.short_path}: {size}px patch at {label}={offset} exceeds frame {height}x{width}")
+        input_patch = np.array(mosaic[top : top + size, left : left + size])
+        rgb_patch = np.array(rgb[top : top + size, left : left + size])
+        if flip_vertical:
+            input_patch, rgb_patch = input_patch[::-1], rgb_patch[::-1]
+        if flip_horizontal:
+            input_patch, rgb_patch = input_patch[:, ::-1], rgb_patch[:, ::-1]
+        if transpose:
+            input_patch, rgb_patch = input_patch.T, rgb_patch.transpose(1, 0, 2)
+        return _sample(input_patch, info, pair.ratio, rgb_patch, self.input_kind, pair.name)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        mosaic, info, rgb = _open_pair(self.cache, pair)
+        height, width = mosaic.shape
+        size = self.patch_size
+        if height < size or width < size:
+            raise ValueError(f"{pair.short_path}: frame {height}x{width} is smaller than patch_size {size}")
+        draw = int(torch.randint(0, 2**62, ()).item())
+        generator = torch.Generator().manual_seed((draw + self.seed * 0x9E3779B97F4A7C15) % 2**63)
+
+        def coin() -> bool:
+            return bool(torch.rand((), generator=generator).item() < 0.5)
+
+        # An odd window needs one spare row/column, so an axis exactly patch_size long is not flipped.
+        flip_vertical = self.flip and coin() and height > size
+        flip_horizontal = self.flip and coin() and width > size
+        transpose = self.transpose and coin()
+
+        def offset(extent: int, flipped: bool) -> int:
+            first = 1 if flipped else 0
+            choices = (extent - size - first) // 2 + 1
+            return first + 2 * int(torch.randint(0, choices, (), generator=generator).item())
+
+        top, left = offset(height, flip_vertical), offset(width, flip_horizontal)
+        return self._crop(pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose)
+
+
+class SIDEvalDataset(Dataset):
+    """Full frames, cut from the top-left to multiples of 32."""
+
+    def __init__(self, pairs: Sequence[SIDPair], cache: RawCache, input_kind: str):
+        _check_input_kind(input_kind)
+        self.pairs = list(pairs)
+        self.cache = cache
+        self.input_kind = input_kind
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        mosaic, info, rgb = _open_pair(self.cache, pair)
+        height = mosaic.shape[0] // EVAL_MULTIPLE * EVAL_MULTIPLE
+        width = mosaic.shape[1] // EVAL_MULTIPLE * EVAL_MULTIPLE
+        if height == 0 or width == 0:
+            raise ValueError(f"{pair.short_path}: frame {mosaic.shape} is smaller than {EVAL_MULTIPLE}x{EVAL_MULTIPLE}")
+        sample = _sample(mosaic[:height, :width], info, pair.ratio, rgb[:height, :width], self.input_kind, pair.name)
+        sample["short_path"] = str(pair.short_path)
+        return sample
+
+
+def develop_short_exposure_baseline(short_path: str | os.PathLike, ratio: float) -> np.ndarray:
+    """The naive baseline: the short exposure amplified by the ratio in raw space (clipped to the
+    white level) and developed exactly like the ground truth. float32 HxWx3 in [0, 1], in the
+    cache's coordinates (RGGB-origin crop applied); cut [:H, :W] to match evaluation frames."""
+    import rawpy
+
+    short_path = Path(short_path).absolute()
+    with open_raw(short_path) as raw:
+        try:
+            offset = rggb_origin_offset(cfa_pattern(raw, short_path), short_path)
+            visible = raw.raw_image_visible
+            black = np.asarray(raw.black_level_per_channel, dtype=np.float32)[raw.raw_colors_visible]
+            amplified = black + (visible.astype(np.float32) - black) * np.float32(ratio)
+            # Written back in place: postprocess() develops LibRaw's own buffer, which this views.
+            visible[:] = np.clip(amplified, 0, raw.white_level).astype(np.uint16)
+            del amplified, black
+            rgb = ground_truth_postprocess(raw)
+        except rawpy.LibRawError as error:
+            raise ValueError(f"cannot develop raw file {short_path}: {one_line_error(error)}") from None
+    rows = slice(offset[0], offset[0] + (rgb.shape[0] - offset[0]) // 2 * 2)
+    columns = slice(offset[1], offset[1] + (rgb.shape[1] - offset[1]) // 2 * 2)
+    return rgb[rows, columns].astype(np.float32) / np.float32(65535.0)

@@ -1,0 +1,561 @@
+"""A small SID-format data set rendered from natural photos, written as real DNG files.
+
+No SID download is possible where this project runs, so tests and the default demo read this
+stand-in instead. It has exactly SID's layout (`Sony/short`, `Sony/long`, three list files with
+SID's line format) so the real loader, rawpy decoding included, is what gets exercised.
+
+Forward model per scene (see docs in `render_scene`):
+    photo crop -> linear light -> divide by white-balance gains -> RGGB mosaic
+    -> long exposure whose brightest site just saturates (noise-free, 14-bit, black 512)
+    -> short exposures = long / exposure ratio, Poisson shot noise (gain K) + Gaussian read noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+BLACK_LEVEL = 512
+WHITE_LEVEL = 16383
+FULL_SIZE_HEIGHT = 2848
+FULL_SIZE_WIDTH = 4256
+
+# Each manifest records this so a change of the forward model invalidates old data sets.
+GENERATOR_VERSION = 1
+MANIFEST_NAME = "synthetic_sid.json"
+
+SPLIT_DIGIT = {"train": 0, "test": 1, "val": 2}
+LIST_FILE_NAME = {"train": "Sony_train_list.txt", "val": "Sony_val_list.txt", "test": "Sony_test_list.txt"}
+# The photo permutation is shared by all splits; these bases make the default 4/1/2 scenes all
+# use different photos, so no test scene shows a photo seen in training.
+PHOTO_INDEX_BASE = {"train": 0, "val": 4, "test": 5}
+
+# Exposure designs cycled over the scenes of a split, as in SID: 10 s ground truth with 0.1 s
+# (x100) and 0.04 s (x250) or 0.033 s (x300) inputs, or 30 s ground truth with 0.1 s (x300).
+# The cycle starts with a 10 s and a 30 s scene so a two-scene test split has all three ratios.
+SCENE_DESIGNS = (
+    (10.0, (0.1, 0.04)),
+    (30.0, (0.1,)),
+    (10.0, (0.1, 0.033)),
+)
+
+# Photos bundled inside scikit-image (no download needed); all natural RGB photographs.
+PHOTO_NAMES = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "motorcycle",
+    "immunohistochemistry",
+    "hubble_deep_field",
+)
+
+OPTICAL_BLUR_SIGMA = 0.7  # pixels
+
+ISO_CHOICES = (200, 400, 800, 1600, 3200)
+F_NUMBER_CHOICES = (4.0, 5.6, 8.0, 9.0, 11.0, 13.0, 16.0)
+
+# The photos are treated as encoded with the transfer curve LibRaw applies on output (rawpy's
+# default gamma=(2.222, 4.5), i.e. BT.709). Linearising with that curve (rather than the sRGB
+# curve) is what makes postprocess() of the long exposure return the photo itself; with the sRGB
+# curve the mid-tones would come back about 0.05 too dark.
+BT709_POWER = 0.45
+BT709_SLOPE = 4.5
+BT709_OFFSET = 0.099
+BT709_LINEAR_BREAK = 0.018
+
+# sRGB(D65) -> XYZ, the matrix LibRaw uses; the DNG ColorMatrix1 (XYZ -> camera) is its inverse,
+# so LibRaw's camera -> sRGB matrix becomes the identity and camera RGB is linear sRGB.
+XYZ_FROM_LINEAR_SRGB = np.array(
+    [
+        [0.412453, 0.357580, 0.180423],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334, 0.119193, 0.950227],
+    ]
+)
+DNG_RATIONAL_DENOMINATOR = 1_000_000
+
+
+def decode_bt709(encoded: np.ndarray) -> np.ndarray:
+    encoded = np.asarray(encoded, dtype=np.float64)
+    linear_break_encoded = BT709_SLOPE * BT709_LINEAR_BREAK
+    return np.where(
+        encoded < linear_break_encoded,
+        encoded / BT709_SLOPE,
+        ((encoded + BT709_OFFSET) / (1 + BT709_OFFSET)) ** (1 / BT709_POWER),
+    )
+
+
+def encode_bt709(linear: np.ndarray) -> np.ndarray:
+    """float32 throughout: full-size frames have 36 M values."""
+    linear = np.clip(np.asarray(linear, dtype=np.float32), 0.0, 1.0)
+    # exp(p log x) runs several times faster than float32 np.power here; values near 0 take the
+    # linear branch, so the floor on x never shows.
+    curved = np.log(np.maximum(linear, np.float32(1e-12)))
+    curved *= np.float32(BT709_POWER)
+    np.exp(curved, out=curved)
+    curved *= np.float32(1 + BT709_OFFSET)
+    curved -= np.float32(BT709_OFFSET)
+    return np.where(linear < np.float32(BT709_LINEAR_BREAK), linear * np.float32(BT709_SLOPE), curved)
+
+
+# The photos are 8-bit, so linearising is a table lookup.
+LINEAR_FROM_8_BIT = decode_bt709(np.arange(256) / 255.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def load_photo(name: str) -> np.ndarray:
+    """One bundled photo as uint8 HxWx3 (cached: the generator reuses photos)."""
+    import skimage.data
+
+    if name == "motorcycle":
+        image = skimage.data.stereo_motorcycle()[0]
+    elif name in PHOTO_NAMES:
+        image = getattr(skimage.data, name)()
+    else:
+        raise ValueError(f"unknown photo {name!r}; choices: {', '.join(PHOTO_NAMES)}")
+    image = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+    image.setflags(write=False)
+    return image
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticScene:
+    """Everything needed to write one scene, plus the clean reference it should decode to."""
+
+    scene_id: int
+    photo_name: str
+    linear: np.ndarray  # float32 HxWx3 linear sRGB after the exposure scale (may exceed 1 in R/B)
+    long_signal: np.ndarray  # float32 HxW mosaic, DN above black, noise-free
+    white_balance_gains: tuple[float, float, float]
+    iso: int
+    f_number: float
+    gain_dn_per_electron: float
+    read_noise_dn: float
+    long_exposure: float
+    short_exposures: tuple[float, ...]
+
+    @property
+    def reference(self) -> np.ndarray:
+        """float32 HxWx3 in [0, 1]: what postprocess() of the long exposure should return.
+        Computed on demand; writing the files does not need it."""
+        return encode_bt709(self.linear)
+
+
+def _split_of(scene_id: int) -> str:
+    digit = scene_id // 10000
+    for split, split_digit in SPLIT_DIGIT.items():
+        if split_digit == digit:
+            return split
+    raise ValueError(f"scene id {scene_id} does not start with a SID split digit (0, 1 or 2)")
+
+
+def _linear_crop(photo: np.ndarray, height: int, width: int, random_generator: np.random.Generator) -> np.ndarray:
+    """A random window of the photo in linear light, resized to height x width, float32."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    photo_height, photo_width = photo.shape[:2]
+    # Zoom so the crop fits inside the photo whatever the requested size, then a little more so
+    # crops of the same photo differ; the window is resized, not the whole photo, to keep
+    # full-size (4256x2848) frames cheap.
+    zoom = max(height / photo_height, width / photo_width) * random_generator.uniform(1.0, 1.4)
+    window_height = min(photo_height, max(2, int(round(height / zoom))))
+    window_width = min(photo_width, max(2, int(round(width / zoom))))
+    top = int(random_generator.integers(0, photo_height - window_height + 1))
+    left = int(random_generator.integers(0, photo_width - window_width + 1))
+    window = LINEAR_FROM_8_BIT[photo[top : top + window_height, left : left + window_width]]
+    if random_generator.random() < 0.5:
+        window = window[:, ::-1]
+    if window.shape[:2] != (height, width):
+        # Pillow's bilinear filter widens its support when shrinking, so downscaling does not
+        # alias; resampling happens in linear light, as optics would.
+        window = np.stack(
+            [
+                np.asarray(Image.fromarray(np.ascontiguousarray(window[..., channel])).resize((width, height), Image.BILINEAR))
+                for channel in range(3)
+            ],
+            axis=-1,
+        )
+    # A camera's lens and anti-aliasing filter keep detail off the pixel pitch; without this,
+    # downscaled photos carry more detail than any Bayer sensor resolves and the developed
+    # ground truth drifts from the photo through demosaicing error alone.
+    window = gaussian_filter(window, sigma=(OPTICAL_BLUR_SIGMA, OPTICAL_BLUR_SIGMA, 0), mode="reflect", truncate=3.0)
+    return np.clip(window, 0.0, 1.0, out=window)
+
+
+def _mosaic_rggb(camera_rgb: np.ndarray) -> np.ndarray:
+    height, width = camera_rgb.shape[:2]
+    mosaic = np.empty((height, width), dtype=camera_rgb.dtype)
+    mosaic[0::2, 0::2] = camera_rgb[0::2, 0::2, 0]
+    mosaic[0::2, 1::2] = camera_rgb[0::2, 1::2, 1]
+    mosaic[1::2, 0::2] = camera_rgb[1::2, 0::2, 1]
+    mosaic[1::2, 1::2] = camera_rgb[1::2, 1::2, 2]
+    return mosaic
+
+
+def _check_size(height: int, width: int) -> None:
+    for label, value in (("height", height), ("width", width)):
+        if not isinstance(value, (int, np.integer)) or value <= 0 or value % 32:
+            raise ValueError(f"{label} must be a positive multiple of 32, got {value!r}")
+
+
+def render_scene(seed: int, scene_id: int, height: int, width: int) -> SyntheticScene:
+    """Renders one scene deterministically from (seed, scene_id, size).
+
+    The long exposure is scaled so its brightest sensor site just reaches the white level
+    ("exposed to the right"). Besides being what a well-exposed frame is, this keeps LibRaw
+    from rescaling: rawpy's default adjust_maximum_thr=0.75 replaces the white level by the
+    frame's data maximum when that lies between 75% and 100% of it, which would brighten the
+    ground truth. The reference is therefore the photo times that exposure scale (1 for photos
+    that already contain a saturated green site), with red/blue clipped at 1 as LibRaw clips them.
+    """
+    _check_size(height, width)
+    split = _split_of(scene_id)
+    ordinal = scene_id % 10000 - 1
+    if ordinal < 0:
+        raise ValueError(f"scene id {scene_id}: scene numbers start at 1")
+    photo_order = np.random.default_rng([seed, 7919]).permutation(len(PHOTO_NAMES))
+    photo_name = PHOTO_NAMES[int(photo_order[(PHOTO_INDEX_BASE[split] + ordinal) % len(PHOTO_NAMES)])]
+    random_generator = np.random.default_rng([seed, scene_id])
+
+    linear = _linear_crop(load_photo(photo_name), height, width, random_generator)
+    # Gains > 1 for red and blue keep green at gain 1, matching LibRaw's normalisation of the
+    # as-shot multipliers to a minimum of 1.
+    gains = (float(random_generator.uniform(1.7, 2.6)), 1.0, float(random_generator.uniform(1.3, 2.1)))
+    camera_mosaic = _mosaic_rggb(linear / np.asarray(gains, dtype=np.float32))
+    brightest = float(camera_mosaic.max())
+    if brightest <= 0:
+        raise ValueError(f"scene {scene_id}: crop of photo {photo_name!r} is black")
+    exposure_scale = 1.0 / brightest
+    long_signal = camera_mosaic * np.float32(exposure_scale * (WHITE_LEVEL - BLACK_LEVEL))
+    linear *= np.float32(exposure_scale)
+
+    iso = int(random_generator.choice(ISO_CHOICES))
+    long_exposure, short_exposures = SCENE_DESIGNS[ordinal % len(SCENE_DESIGNS)]
+    return SyntheticScene(
+        scene_id=scene_id,
+        photo_name=photo_name,
+        linear=linear,
+        long_signal=long_signal,
+        white_balance_gains=gains,
+        iso=iso,
+        f_number=float(random_generator.choice(F_NUMBER_CHOICES)),
+        # Gain proportional to ISO, 1 DN per electron at ISO 1600: x300 frames of dark regions
+        # are then down to a few electrons, as in SID.
+        gain_dn_per_electron=iso / 1600.0,
+        read_noise_dn=float(random_generator.uniform(1.0, 3.0)),
+        long_exposure=long_exposure,
+        short_exposures=short_exposures,
+    )
+
+
+def long_exposure_raw(scene: SyntheticScene) -> np.ndarray:
+    """The long exposure as written: noise-free signal plus black level, rounded to 14-bit DN.
+
+    SID's 10 s / 30 s frames are nearly noise-free next to the short ones, and a clean ground
+    truth makes the "postprocess gives back the photo" check meaningful.
+    """
+    return np.clip(np.rint(scene.long_signal + BLACK_LEVEL), 0, WHITE_LEVEL).astype(np.uint16)
+
+
+def short_exposure_raw(seed: int, scene: SyntheticScene, burst: int, exposure: float) -> np.ndarray:
+    """One noisy short exposure; the signal is divided by the physical exposure ratio (303 for
+    0.033 s against 10 s, as in SID, even though the loader caps the ratio at 300)."""
+    random_generator = np.random.default_rng([seed, scene.scene_id, burst, int(round(exposure * 1e6))])
+    mean_signal = scene.long_signal * np.float32(exposure / scene.long_exposure)
+    gain = scene.gain_dn_per_electron
+    electrons = random_generator.poisson(mean_signal / gain)
+    read_noise = random_generator.standard_normal(mean_signal.shape, dtype=np.float32) * np.float32(scene.read_noise_dn)
+    value = electrons.astype(np.float32) * np.float32(gain) + read_noise + np.float32(BLACK_LEVEL)
+    return np.clip(np.rint(value), 0, WHITE_LEVEL).astype(np.uint16)
+
+
+def _rational(value: float) -> list[int]:
+    fraction = Fraction(value).limit_denominator(DNG_RATIONAL_DENOMINATOR)
+    return [fraction.numerator, fraction.denominator]
+
+
+def _signed_rational(value: float) -> list[int]:
+    return [int(round(value * DNG_RATIONAL_DENOMINATOR)), DNG_RATIONAL_DENOMINATOR]
+
+
+def write_dng(
+    path: str | os.PathLike,
+    mosaic: np.ndarray,
+    *,
+    white_balance_gains: tuple[float, float, float],
+    exposure_time: float,
+    iso: int,
+    f_number: float,
+    black_level: int = BLACK_LEVEL,
+    white_level: int = WHITE_LEVEL,
+    pattern: str = "RGGB",
+) -> Path:
+    """Writes a uint16 Bayer mosaic as an uncompressed DNG, atomically (temp name + os.replace).
+
+    pattern is the CFA layout at the mosaic's origin; other than RGGB it is only useful to test
+    readers on shifted patterns (SID's files are RGGB).
+
+    Samples are stored as 16 bits holding 14-bit values: pidng's 14-bit packer (pack14) strides
+    over the input in steps of 6 pixels instead of 4 and produces garbage.
+    """
+    from pidng.core import RAW2DNG
+    from pidng.defs import (
+        CalibrationIlluminant,
+        CFAPattern,
+        DNGVersion,
+        Orientation,
+        PhotometricInterpretation,
+    )
+    from pidng.dng import DNGTags, Tag
+
+    path = Path(path)
+    mosaic = np.asarray(mosaic)
+    if mosaic.ndim != 2 or mosaic.dtype != np.uint16:
+        raise ValueError(f"{path}: mosaic must be a 2-D uint16 array, got {mosaic.dtype} {mosaic.shape}")
+    cfa_codes = {"RGGB": CFAPattern.RGGB, "GRBG": CFAPattern.GRBG, "GBRG": CFAPattern.GBRG, "BGGR": CFAPattern.BGGR}
+    if pattern not in cfa_codes:
+        raise ValueError(f"{path}: unknown CFA pattern {pattern!r}; choices: {', '.join(cfa_codes)}")
+    height, width = mosaic.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"{path}: mosaic size {height}x{width} must be even for a Bayer pattern")
+
+    camera_from_xyz = np.linalg.inv(XYZ_FROM_LINEAR_SRGB)
+    tags = DNGTags()
+    tags.set(Tag.ImageWidth, width)
+    tags.set(Tag.ImageLength, height)
+    # pidng writes the whole frame as one tile.
+    tags.set(Tag.TileWidth, width)
+    tags.set(Tag.TileLength, height)
+    tags.set(Tag.Orientation, Orientation.Horizontal)
+    tags.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
+    tags.set(Tag.SamplesPerPixel, 1)
+    tags.set(Tag.BitsPerSample, 16)
+    tags.set(Tag.CFARepeatPatternDim, [2, 2])
+    tags.set(Tag.CFAPattern, cfa_codes[pattern])
+    tags.set(Tag.BlackLevel, int(black_level))
+    tags.set(Tag.WhiteLevel, int(white_level))
+    tags.set(Tag.ColorMatrix1, [_signed_rational(value) for value in camera_from_xyz.ravel()])
+    tags.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
+    # LibRaw turns AsShotNeutral into camera multipliers 1 / neutral.
+    tags.set(Tag.AsShotNeutral, [_rational(1.0 / gain) for gain in white_balance_gains])
+    tags.set(Tag.Make, "lowlight-qat")
+    tags.set(Tag.Model, "synthetic SID stand-in")
+    tags.set(Tag.UniqueCameraModel, "lowlight-qat synthetic SID stand-in")
+    tags.set(Tag.ExposureTime, [_rational(exposure_time)])
+    tags.set(Tag.FNumber, [_rational(f_number)])
+    tags.set(Tag.PhotographicSensitivity, int(iso))
+    tags.set(Tag.DNGVersion, DNGVersion.V1_4)
+
+    converter = RAW2DNG()
+    converter.options(tags, path="", compress=False)
+    payload = converter.convert(np.ascontiguousarray(mosaic))
+    _write_atomically(path, bytes(payload))
+    return path
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(file_descriptor, "wb") as handle:
+            handle.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def exposure_label(exposure: float) -> str:
+    """SID's spelling of an exposure time in file names: 0.1s, 0.04s, 0.033s, 10s, 30s."""
+    return f"{exposure:g}s"
+
+
+def _parameters(seed, height, width, train_scenes, val_scenes, test_scenes, bursts) -> dict:
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "height": int(height),
+        "width": int(width),
+        "train_scenes": int(train_scenes),
+        "val_scenes": int(val_scenes),
+        "test_scenes": int(test_scenes),
+        "bursts": int(bursts),
+    }
+
+
+def _existing_set_is_complete(root: Path, parameters: dict) -> bool:
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if manifest.get("parameters") != parameters:
+        return False
+    files = manifest.get("files", {})
+    for relative, size in files.items():
+        file_path = root / relative
+        if not file_path.is_file() or file_path.stat().st_size != size:
+            return False
+    return bool(files)
+
+
+def _clear_previous_set(root: Path) -> None:
+    for folder in (root / "Sony" / "short", root / "Sony" / "long"):
+        if not folder.is_dir():
+            continue
+        foreign = [entry.name for entry in folder.iterdir() if not entry.name.endswith((".dng", ".tmp"))]
+        if foreign:
+            # Never delete or overwrite someone's real SID download.
+            raise ValueError(
+                f"{folder} holds files that are not synthetic DNGs (e.g. {foreign[0]}); "
+                "choose another --root for the synthetic set"
+            )
+        for entry in folder.iterdir():
+            entry.unlink()
+
+
+def generate_synthetic_sid(
+    root: str | os.PathLike,
+    *,
+    seed: int = 0,
+    height: int = 256,
+    width: int = 384,
+    train_scenes: int = 4,
+    val_scenes: int = 1,
+    test_scenes: int = 2,
+    bursts: int = 2,
+    overwrite: bool = False,
+) -> Path:
+    """Writes (or reuses) a synthetic SID Sony set under root and returns root.
+
+    The manifest is written last, so a set whose generation was interrupted has none and is
+    regenerated; a set made with other parameters is regenerated too.
+    """
+    _check_size(height, width)
+    for label, value in (("train_scenes", train_scenes), ("val_scenes", val_scenes), ("test_scenes", test_scenes)):
+        if value < 0 or value > 9999:
+            raise ValueError(f"{label} must be between 0 and 9999, got {value}")
+    if train_scenes + val_scenes + test_scenes == 0:
+        raise ValueError("at least one of train_scenes, val_scenes, test_scenes must be positive")
+    if not 1 <= bursts <= 99:
+        raise ValueError(f"bursts must be between 1 and 99, got {bursts}")
+
+    root = Path(root).absolute()
+    parameters = _parameters(seed, height, width, train_scenes, val_scenes, test_scenes, bursts)
+    if not overwrite and _existing_set_is_complete(root, parameters):
+        return root
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST_NAME).unlink(missing_ok=True)
+    _clear_previous_set(root)
+
+    scene_counts = {"train": train_scenes, "val": val_scenes, "test": test_scenes}
+    scene_ids = [
+        (split, SPLIT_DIGIT[split] * 10000 + ordinal + 1)
+        for split in ("train", "val", "test")
+        for ordinal in range(scene_counts[split])
+    ]
+    list_lines: dict[str, list[str]] = {split: [] for split in scene_counts}
+    written: dict[str, int] = {}
+
+    def record(file_path: Path) -> None:
+        written[file_path.relative_to(root).as_posix()] = file_path.stat().st_size
+
+    for split, scene_id in tqdm(scene_ids, desc="synthetic SID scenes", unit="scene", leave=False):
+        scene = render_scene(seed, scene_id, height, width)
+        common = dict(white_balance_gains=scene.white_balance_gains, iso=scene.iso, f_number=scene.f_number)
+        long_name = f"{scene_id:05d}_00_{exposure_label(scene.long_exposure)}.dng"
+        long_path = root / "Sony" / "long" / long_name
+        write_dng(long_path, long_exposure_raw(scene), exposure_time=scene.long_exposure, **common)
+        record(long_path)
+        for burst in range(bursts):
+            for exposure in scene.short_exposures:
+                short_name = f"{scene_id:05d}_{burst:02d}_{exposure_label(exposure)}.dng"
+                short_path = root / "Sony" / "short" / short_name
+                raw = short_exposure_raw(seed, scene, burst, exposure)
+                write_dng(short_path, raw, exposure_time=exposure, **common)
+                record(short_path)
+                list_lines[split].append(
+                    f"./Sony/short/{short_name} ./Sony/long/{long_name} ISO{scene.iso} F{scene.f_number:g}"
+                )
+
+    for split, lines in list_lines.items():
+        list_path = root / LIST_FILE_NAME[split]
+        _write_atomically(list_path, "".join(line + "\n" for line in sorted(lines)).encode())
+        record(list_path)
+
+    manifest = {"parameters": parameters, "files": written}
+    _write_atomically(root / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
+    return root
+
+
+def generate_full_size_sid(
+    root: str | os.PathLike, *, seed: int = 0, scenes: int = 2, bursts: int = 1, overwrite: bool = False
+) -> Path:
+    """Sony-sized (4256x2848) frames for benchmarks: `scenes` training scenes, empty val/test
+    lists. The photos are upscaled to fill the frame, so only sizes and throughput are realistic."""
+    return generate_synthetic_sid(
+        root,
+        seed=seed,
+        height=FULL_SIZE_HEIGHT,
+        width=FULL_SIZE_WIDTH,
+        train_scenes=scenes,
+        val_scenes=0,
+        test_scenes=0,
+        bursts=bursts,
+        overwrite=overwrite,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m data.synthetic", description="Write a synthetic SID Sony data set of DNG files."
+    )
+    parser.add_argument("--root", required=True, type=Path, help="folder to write Sony/ and the list files into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--height", type=int, default=256, help="frame height, a multiple of 32")
+    parser.add_argument("--width", type=int, default=384, help="frame width, a multiple of 32")
+    parser.add_argument("--train-scenes", type=int, default=4)
+    parser.add_argument("--val-scenes", type=int, default=1)
+    parser.add_argument("--test-scenes", type=int, default=2)
+    parser.add_argument("--bursts", type=int, default=2, help="short-exposure bursts per scene")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate even if a matching set exists")
+    arguments = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        root = generate_synthetic_sid(
+            arguments.root,
+            seed=arguments.seed,
+            height=arguments.height,
+            width=arguments.width,
+            train_scenes=arguments.train_scenes,
+            val_scenes=arguments.val_scenes,
+            test_scenes=arguments.test_scenes,
+            bursts=arguments.bursts,
+            overwrite=arguments.overwrite,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    print(f"{root}: {len(manifest['files'])} files ready in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

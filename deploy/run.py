@@ -1,0 +1,57 @@
+"""Export a trained run: what export_onnx.py and train.py (`onnx: true`) call."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from deploy.onnx_export import REPORT_FILE, export_model
+
+
+def export_run(config, checkpoint_path, out_dir=None, height: Optional[int] = None, width: Optional[int] = None,
+               opset: Optional[int] = None, verbose: bool = True) -> dict:
+    """Full-precision ONNX (and QDQ ONNX for a quantized checkpoint) plus the report in `out_dir`
+    (default onnx/<experiment>). Raises ExportError (one line) after writing the full-precision model
+    and the report when a quantizer has no QDQ form.
+
+    The network is rebuilt the way test.py does it (core.checkpoint_eval.load_network): a checkpoint
+    with 'quantized': True is prepared with the quant_scheme/special_layer/quantize_output stored in
+    its own config and loaded with quant.load_quantized_state; anything else loads as float weights.
+    """
+    from core.checkpoint_eval import load_network
+
+    out_dir = Path(out_dir) if out_dir is not None else Path("onnx") / config.experiment
+    model = load_network(config, checkpoint_path, torch.device("cpu"))
+    example_hw = (height or config.onnx_export.height, width or config.onnx_export.width)
+    source = {"experiment": config.experiment, "checkpoint": str(checkpoint_path),
+              "model": config.model.name, "width": config.model.width}
+    report = export_model(model, out_dir, opset=opset or config.onnx_export.opset, example_hw=example_hw,
+                          source=source)
+    if verbose:
+        print(format_summary(report, out_dir))
+    return report
+
+
+def format_summary(report: dict, out_dir) -> str:
+    lines = []
+    for kind, info in report["models"].items():
+        checks = info["checks"]
+        runs = checks.get("onnxruntime", [])
+        if kind == "qdq":
+            worst = min((v for run in runs for v in run["psnr_db"].values()),
+                        key=lambda v: float("inf") if v == "inf" else v, default=None)
+            measure = f"min PSNR vs fake-quant PyTorch {worst} dB (target {checks.get('psnr_target_db')})"
+        else:
+            worst = max((v for run in runs for v in run["max_abs_err"].values()), default=None)
+            measure = f"max abs err vs PyTorch {worst:.2e}" if worst is not None else "not run"
+        lines.append(f"{kind}: {info['path']} ({info['file_bytes'] / 1e6:.2f} MB, opset {info['opset']}): "
+                     f"checker {'ok' if checks['checker']['ok'] else 'FAILED'}, {measure}, "
+                     f"{'passed' if info['passed'] else 'FAILED'}")
+    if report.get("error"):
+        lines.append(f"not exported: {report['error']}")
+    lines.append(f"report: {Path(out_dir) / REPORT_FILE}")
+    return "\n".join(lines)
+
+
+__all__ = ["export_run", "format_summary"]
