@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from core import distributed
 from core.checkpoint import CheckpointSaver, restore_rng_state, rng_state
 from core.config import ConfigError, dump_config, load_config
 from core.evaluate import evaluate
@@ -48,13 +50,15 @@ def make_scheduler(optimizer, config):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
-def batches_for_epoch(loader, iterations):
-    """`iterations` batches, cycling the loader when an epoch asks for more than one pass."""
-    if iterations is None:
-        yield from loader
-        return
+def batches_for_epoch(loader, epoch, iterations):
+    """`iterations` batches, cycling the loader when an epoch asks for more than one pass. Each pass
+    reshuffles with its own (epoch, pass) number, so a resumed run replays exactly the same data."""
+    passes = max(1, math.ceil(iterations / len(loader)))
     produced = 0
-    while produced < iterations:
+    for pass_index in range(passes):
+        order = (epoch - 1) * passes + pass_index
+        loader.sampler.set_epoch(order)
+        loader.dataset.set_epoch(order)
         for batch in loader:
             yield batch
             produced += 1
@@ -73,7 +77,7 @@ def student_state(model, quantized):
     return model.state_dict()
 
 
-def prepare_student(config, device, train_loader, checkpoint=None):
+def prepare_student(config, device, train_loader, checkpoint=None, is_main=True):
     """The network that is trained: float, or MQBench-quantized from float weights / a saved state."""
     model = build_float_model(config, None if (checkpoint or config.load_quant_model) else config.load_model)
     if not config.quant:
@@ -92,12 +96,16 @@ def prepare_student(config, device, train_loader, checkpoint=None):
                               "(use load_model for full-precision weights)")
         load_quantized_state(qmodel, saved["model"])
     else:
-        batches = [to_device(b, device)["input"] for b, _ in
-                   zip(train_loader, range(config.quant_scheme.calibration_batches))]
+        # The same global batches on every rank (not each rank's share), so a DDP run calibrates
+        # exactly as a single process does.
+        loader = DataLoader(train_loader.dataset, batch_size=config.batch_size, num_workers=train_loader.num_workers,
+                            sampler=DistributedSampler(train_loader.dataset, num_replicas=1, rank=0, seed=config.seed))
+        batches = [to_device(b, device)["input"] for b, _ in zip(loader, range(config.quant_scheme.calibration_batches))]
         calibrate(qmodel, batches, device)
-    rows = quant_plan_rows(qmodel)
-    write_quant_plan(rows, config.run_dir / "quant_plan.csv")
-    print(format_quant_plan(rows))
+    if is_main:
+        rows = quant_plan_rows(qmodel)
+        write_quant_plan(rows, config.run_dir / "quant_plan.csv")
+        print(format_quant_plan(rows))
     return qmodel.to(device)
 
 
@@ -108,46 +116,61 @@ def prepare_distillation(config, student, device):
     if not config.distill_config:
         print("note: quant_teacher is true but distill_config names no layers; training without distillation")
         return None
-    from distill import DistillationLoss, FeatureTaps, check_same_architecture, trace_for_features
-    teacher = build_float_model(config, config.load_teacher_model).to(device).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    teacher_graph = trace_for_features(teacher)
-    check_same_architecture(student, teacher_graph)
-    exposed = list(dict.fromkeys(config.distill_config + config.output_layer_list))
+    from distill import DistillationLoss, FeatureTaps, check_same_architecture, prepare_teacher
+    teacher = prepare_teacher(build_float_model(config, config.load_teacher_model)).to(device)
+    check_same_architecture(student, teacher)
     return {
-        "teacher": teacher_graph,
-        "student_taps": FeatureTaps(student, exposed, role="student"),
-        "teacher_taps": FeatureTaps(teacher_graph, exposed, role="teacher"),
+        "teacher": teacher,
+        "student_taps": FeatureTaps(student, config.distill_config, role="student",
+                                    extra_layer_names=config.output_layer_list),
+        "teacher_taps": FeatureTaps(teacher, config.distill_config, role="teacher"),
         "loss": DistillationLoss(config.distill_config, config.distill_coeff, config.distill.feature_loss),
     }
 
 
 def run(config, resume=False, overwrite=False):
-    """Train as `config` says; returns the summary dict also written to `summary.json`."""
+    """Train as `config` says; returns the summary dict also written to `summary.json`.
+    Under torchrun every process runs this; rank 0 alone writes results."""
+    ddp = distributed.start(config.device)
+    try:
+        return _run(config, resume, overwrite, ddp)
+    finally:
+        distributed.stop(ddp)
+
+
+def _run(config, resume, overwrite, ddp):
     run_dir = config.run_dir
+    main_process = ddp.is_main
     if resume and not (run_dir / "checkpoints").is_dir():
         raise ConfigError(f"--resume: no checkpoints in {run_dir / 'checkpoints'} to resume from")
     if not resume and (run_dir / "metrics.csv").exists():
         if not overwrite:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace "
                               "it, or set output.experiment to a new name")
-        shutil.rmtree(run_dir)
-    check_writable(run_dir)
-    device = resolve_device(config)
+        ddp.barrier()  # every rank has seen the old run before rank 0 removes it
+        if main_process:
+            shutil.rmtree(run_dir)
+    device = resolve_device(config, ddp.local_rank if ddp.enabled else None)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    write_text_atomic(run_dir / "config.yaml", dump_config(config))
-    print(f"experiment {config.experiment} on {device}; results in {run_dir}")
-
-    # Data: decode every raw file once into the on-disk cache; epochs read crops from it.
-    ensure_data(config)
+    if main_process:
+        check_writable(run_dir)
+        write_text_atomic(run_dir / "config.yaml", dump_config(config))
+        print(f"experiment {config.experiment} on {device}"
+              f"{f' x {ddp.world_size} processes' if ddp.enabled else ''}; results in {run_dir}")
+        # Data: generate the stand-in if needed and decode every raw file once into the on-disk cache.
+        ensure_data(config)
     input_kind = build_float_model(config).input_kind
-    train_loader = build_train_loader(config, input_kind, config.seed)
-    val_set = build_eval_dataset(config, "val", input_kind)
+    if not main_process:
+        ddp.barrier()  # rank 0 decodes the raw files into the cache first; the others then read it
+    train_loader = build_train_loader(config, input_kind, config.seed, ddp.rank, ddp.world_size)
+    if main_process:
+        ddp.barrier()
+    val_set = build_eval_dataset(config, "val", input_kind) if main_process else None
 
-    # Networks.
+    # Networks. Under DDP every rank calibrates on its own batches; wrapping in DDP then copies
+    # rank 0's weights and quantizer state to all ranks.
     saver = CheckpointSaver(run_dir / "checkpoints", config.output.keep_best)
     checkpoint = None
     if resume:
@@ -155,8 +178,9 @@ def run(config, resume=False, overwrite=False):
         if latest is None:
             raise ConfigError(f"--resume: no latest_epoch*.pth in {saver.folder}")
         checkpoint = torch.load(latest, map_location="cpu", weights_only=False)
-        print(f"resuming from {latest} (epoch {checkpoint['epoch']})")
-    model = prepare_student(config, device, train_loader, checkpoint)
+        if main_process:
+            print(f"resuming from {latest} (epoch {checkpoint['epoch']})")
+    model = prepare_student(config, device, train_loader, checkpoint, main_process)
     distillation = prepare_distillation(config, model, device)
 
     # Optimizer: built after calibration, which resizes per-channel quantizer scales.
@@ -173,25 +197,32 @@ def run(config, resume=False, overwrite=False):
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         restore_rng_state(checkpoint["rng"])
-        train_loader.generator.set_state(checkpoint["loader_rng"])
         start_epoch = checkpoint["epoch"] + 1
         best_psnr, best_epoch = checkpoint["best_psnr"], checkpoint["best_epoch"]
-        saver.drop_after(checkpoint["epoch"])
-    log = MetricsLog(run_dir, config.output.tensorboard, checkpoint["epoch"] if checkpoint else None)
+        if main_process:
+            saver.drop_after(checkpoint["epoch"])
+    network = model
+    if ddp.enabled:
+        # Quantizer parameters a step does not touch (e.g. an unused zero point) must not stall DDP.
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.quant)
+    log = MetricsLog(run_dir, config.output.tensorboard, checkpoint["epoch"] if checkpoint else None) \
+        if main_process else None
 
     iterations = config.schedule.iters_per_epoch or len(train_loader)
     accumulate = config.schedule.grad_accum_steps
     epochs = config.schedule.epochs
     for epoch in range(start_epoch, epochs + 1):
-        model.train()
+        network.train()
         started = time.time()
         sums, count = {}, 0
-        progress = tqdm(batches_for_epoch(train_loader, iterations), total=iterations, dynamic_ncols=True,
-                        desc=f"epoch {epoch}/{epochs}")
+        progress = tqdm(batches_for_epoch(train_loader, epoch, iterations), total=iterations, dynamic_ncols=True,
+                        desc=f"epoch {epoch}/{epochs}", disable=not main_process)
         optimizer.zero_grad(set_to_none=True)
         for step, batch in enumerate(progress, start=1):
             batch = to_device(batch, device)
-            outputs = model(batch["input"])
+            outputs = network(batch["input"])
             loss = task_loss(outputs, batch, config)
             terms = {"task_loss": loss.item()}
             if distillation is not None:
@@ -201,9 +232,9 @@ def run(config, resume=False, overwrite=False):
                                                                     distillation["teacher_taps"].outputs)
                 loss = loss + distill_total
                 terms.update({f"distill[{name}]": value.item() for name, value in distill_terms.items()})
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step} "
-                                         f"(batch {batch['name']}); last good checkpoint: {saver.latest()}")
+            if not ddp.all_finite(loss):
+                raise FloatingPointError(f"loss is not finite at epoch {epoch}, step {step} (batch "
+                                         f"{', '.join(batch['name'])}); last good checkpoint: {saver.latest()}")
             (loss / accumulate).backward()
             if step % accumulate == 0 or step == iterations:
                 if config.optim.grad_clip:
@@ -218,32 +249,37 @@ def run(config, resume=False, overwrite=False):
         progress.close()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        means = ddp.mean({key: value / count for key, value in sums.items()})
 
-        row = {"epoch": epoch, "loss": sums["loss"] / count, "task_loss": sums["task_loss"] / count}
-        row.update({k: v / count for k, v in sums.items() if k.startswith("distill[")})
-        row.update({"psnr": math.nan, "ssim": math.nan, "ssim_variant": config.val.ssim, "lr": lr})
-        if epoch % config.val.every == 0 or epoch == epochs:
-            means, per_image = evaluate(model, val_set, device, config.val.ssim, config.val.tile_size,
-                                        config.val.tile_overlap, description=f"validate {epoch}")
-            row.update(psnr=means["psnr"], ssim=means["ssim"])
-        row["seconds"] = time.time() - started
+        if main_process:
+            row = {"epoch": epoch, "loss": means["loss"], "task_loss": means["task_loss"]}
+            row.update({k: v for k, v in means.items() if k.startswith("distill[")})
+            row.update({"psnr": math.nan, "ssim": math.nan, "ssim_variant": config.val.ssim, "lr": lr})
+            if epoch % config.val.every == 0 or epoch == epochs:
+                scores, per_image = evaluate(model, val_set, device, config.val.ssim, config.val.tile_size,
+                                             config.val.tile_overlap, description=f"validate {epoch}")
+                row.update(psnr=scores["psnr"], ssim=scores["ssim"])
+            row["seconds"] = time.time() - started
 
-        # Checkpoints: best first, so that a kill between the two writes never loses the best.
-        payload = {"model": student_state(model, config.quant), "quantized": config.quant,
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "epoch": epoch, "rng": rng_state(), "loader_rng": train_loader.generator.get_state(),
-                   "config": config.model_dump(mode="json"), "psnr": row["psnr"], "ssim": row["ssim"]}
-        if not math.isnan(row["psnr"]) and row["psnr"] > best_psnr:
-            best_psnr, best_epoch = row["psnr"], epoch
+            # Checkpoints: best first, so that a kill between the two writes never loses the best.
+            payload = {"model": student_state(model, config.quant), "quantized": config.quant,
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "epoch": epoch, "rng": rng_state(), "config": config.model_dump(mode="json"),
+                       "psnr": row["psnr"], "ssim": row["ssim"]}
+            if not math.isnan(row["psnr"]) and row["psnr"] > best_psnr:
+                best_psnr, best_epoch = row["psnr"], epoch
+                payload.update(best_psnr=best_psnr, best_epoch=best_epoch)
+                saver.save_best(payload, epoch, best_psnr)
+                write_csv_atomic(run_dir / "best_per_image.csv",
+                                 [{"epoch": epoch, **r, "ssim_variant": config.val.ssim} for r in per_image])
             payload.update(best_psnr=best_psnr, best_epoch=best_epoch)
-            saver.save_best(payload, epoch, best_psnr)
-            write_csv_atomic(run_dir / "best_per_image.csv",
-                             [{"epoch": epoch, **r, "ssim_variant": config.val.ssim} for r in per_image])
-        payload.update(best_psnr=best_psnr, best_epoch=best_epoch)
-        saver.save_latest(payload, epoch)
-        log.append(row)
-        print(f"epoch {epoch}: loss {row['loss']:.4f}  val PSNR {row['psnr']:.2f} dB  "
-              f"SSIM({config.val.ssim}) {row['ssim']:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s")
+            saver.save_latest(payload, epoch)
+            log.append(row)
+            print(f"epoch {epoch}: loss {row['loss']:.4f}  val PSNR {row['psnr']:.2f} dB  "
+                  f"SSIM({config.val.ssim}) {row['ssim']:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s")
+        ddp.barrier()
+    if not main_process:
+        return None
     log.close()
 
     # Final report on the test split with the best checkpoint, next to the naive baseline.

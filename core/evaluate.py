@@ -2,55 +2,257 @@
 
 Full Sony frames (4256x2848) need tens of GB of activations in DBF/DBLE, so `tile_size` runs the
 network on overlapping tiles and keeps only each tile's centre, which bounds memory by the tile.
+
+Tiling a convolutional network is exact away from tile borders, but DBF/DBLE's channel attention
+averages each decoder feature map over the whole frame (`nn.AdaptiveAvgPool2d(1)`), and a tile
+only sees its own part. `predict` therefore runs several passes over the tiles. Pass k measures
+the k-th global average (in execution order) by summing that layer's input over each tile's kept
+region, so that every position counts once, and stops the forward right there; later passes
+replace the output of the layers measured so far with those frame-wide means. The last pass, in
+which every global average is known, produces the output. DBF/DBLE has four such layers: four
+statistics passes, cut short where the measured layer is reached, and one full pass, about 3.5
+times the work of single-pass tiling. The SID U-Net has none and runs in one pass.
+
+Memory holds one tile's activations, the full-size input and outputs, and one (batch, channels)
+sum per global average, never a full-size feature map.
 """
 import math
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.metrics import psnr, ssim, to_image
 from models import split_outputs
 
+# Five 2x max-poolings separate the DBF/DBLE input from its coarsest features (four after the
+# SID U-Net's packing). Tiles cut on this grid see the same pooling windows as the whole frame,
+# and in the mosaic every multiple of 32 is even, which keeps each tile's Bayer phase RGGB.
+TILE_GRID = 32
 
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+
+def tile_layout(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(start, keep_begin, keep_end) of each tile along one axis of `length` input pixels.
+
+    The kept ranges partition [0, length) and lie at least `overlap` pixels inside their tile
+    wherever they do not meet the frame border. Starts and boundaries sit on TILE_GRID, so the
+    overlap in effect is `overlap` rounded up to a multiple of 32.
+    """
     if length <= tile:
-        return [0]
-    step = max(2, (tile - 2 * overlap) // 2 * 2)  # even steps keep the Bayer phase of every tile
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return sorted(set(starts))
+        return [(0, 0, length)]
+    margin = -(-overlap // TILE_GRID) * TILE_GRID
+    step = tile - 2 * margin
+    if step < TILE_GRID:
+        raise ValueError(f"tile overlap {overlap} (used as {margin}, a multiple of {TILE_GRID}) leaves no "
+                         f"centre in a {tile}-pixel tile; use tiles of at least {2 * margin + TILE_GRID}")
+    layout = []
+    start = begin = 0
+    while start + tile < length:
+        end = start + tile - margin
+        layout.append((start, begin, end))
+        begin = end
+        start = min(start + step, length - tile)
+    layout.append((start, begin, length))
+    return layout
 
 
-def _kept_range(start: int, tile: int, length: int, overlap: int) -> tuple[int, int]:
-    begin = start + (overlap if start > 0 else 0)
-    end = start + tile - (overlap if start + tile < length else 0)
-    return begin, end
+def _check_tiling(inputs: torch.Tensor, tile_size, overlap) -> None:
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size <= 0 or tile_size % TILE_GRID:
+        raise ValueError(f"tile_size must be a positive multiple of {TILE_GRID} (the network pools five "
+                         f"times), got {tile_size!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise ValueError(f"tile overlap must be a non-negative number of pixels, got {overlap!r}")
+    height, width = inputs.shape[-2:]
+    if height % TILE_GRID or width % TILE_GRID:
+        raise ValueError(f"tiled prediction needs an input whose height and width are multiples of "
+                         f"{TILE_GRID}, got {height}x{width}")
+
+
+def _is_global(output_size) -> bool:
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    return all(size == 1 for size in sizes)
+
+
+def global_average_pools(model: nn.Module) -> list[str]:
+    """Names of the modules whose output `predict` makes frame-wide when tiling."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.AdaptiveAvgPool2d) and _is_global(module.output_size)]
+
+
+def _unreachable_global_averages(model: nn.Module) -> list[str]:
+    """Global averages in a traced graph that are functions rather than modules: hooks cannot
+    reach them, so every tile keeps its own average there. A plain module's forward cannot be
+    inspected this way; DBF/DBLE and the SID U-Net use modules only."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return []
+    found = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, torch.mean):
+            found.append(node.name)
+        elif node.op == "call_method" and node.target == "mean":
+            found.append(node.name)
+    return found
+
+
+class _StatisticGathered(Exception):
+    """Ends a statistics pass's forward once the measured layer has been seen: nothing after it
+    contributes to the statistic."""
+
+
+class _FrameWideAverages:
+    """Forward hooks on the global average pools: they sum the pool input over the tile's kept
+    region for the layers being measured and substitute the frame-wide mean for layers measured
+    before. Layers are told apart by call order within one forward, which also covers a module
+    called more than once."""
+
+    def __init__(self, model: nn.Module):
+        self.handles = [module.register_forward_hook(self._hook) for module in model.modules()
+                        if isinstance(module, nn.AdaptiveAvgPool2d) and _is_global(module.output_size)]
+        self.known: list[torch.Tensor] = []
+        self.measure_from = 0
+        self.measure_to = 0
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+        self.calls = 0
+        self.tile_shape = (0, 0)
+        self.kept = ((0, 0), (0, 0))  # rows, columns of the tile's kept region, in tile coordinates
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def start_pass(self, measure_from: int, measure_to: int) -> None:
+        self.measure_from, self.measure_to = measure_from, measure_to
+        self.sums, self.counts = {}, {}
+
+    def start_tile(self, tile_shape, rows, columns) -> None:
+        self.calls = 0
+        self.tile_shape = tile_shape
+        self.kept = (rows, columns)
+
+    def finish_pass(self) -> int:
+        """Turns this pass's sums into frame-wide means; returns how many layers were measured."""
+        for index in sorted(self.sums):
+            if index != len(self.known):
+                raise RuntimeError("tiled prediction: the global average pools were not reached in the same "
+                                   "order in every tile")
+            mean = self.sums[index] / self.counts[index]
+            self.known.append(mean.float()[..., None, None])
+        return len(self.sums)
+
+    def _hook(self, module, args, output):
+        index = self.calls
+        self.calls += 1
+        if self.measure_from <= index < self.measure_to:
+            self._accumulate(index, args[0])
+        if index < len(self.known):
+            output = self.known[index].to(device=output.device, dtype=output.dtype).expand_as(output)
+        if self.measure_from < self.measure_to and index + 1 >= self.measure_to:
+            raise _StatisticGathered
+        return output
+
+    def _accumulate(self, index: int, features: torch.Tensor) -> None:
+        bounds = []
+        for axis, (begin, end) in enumerate(self.kept):
+            tile, size = self.tile_shape[axis], features.shape[-2 + axis]
+            scale = tile // size
+            if scale * size != tile or begin % scale or end % scale:
+                raise ValueError(f"tiled prediction: a global average pool sees {size} positions for {tile} "
+                                 f"input pixels, which the {TILE_GRID}-pixel tile grid does not divide; "
+                                 "use statistics_passes=0 (per-tile averages) for this network")
+            bounds.append((begin // scale, end // scale))
+        (top, bottom), (left, right) = bounds
+        region = features[..., top:bottom, left:right]
+        total = region.sum(dim=(-2, -1), dtype=torch.float64)
+        self.sums[index] = self.sums[index] + total if index in self.sums else total
+        self.counts[index] = self.counts.get(index, 0) + region.shape[-2] * region.shape[-1]
 
 
 @torch.no_grad()
-def predict(model, inputs: torch.Tensor, tile_size=None, overlap: int = 32):
-    """Run `model` on (B,C,H,W) inputs, whole or in tiles; returns what the model returns."""
+def predict(model, inputs: torch.Tensor, tile_size=None, overlap: int = 32,
+            statistics_passes: Optional[int] = None):
+    """Run `model` on (B,C,H,W) inputs, whole or in tiles; returns what the model returns.
+
+    `tile_size` and `overlap` are in input pixels (packed pixels for the SID U-Net); the tile size
+    must be a multiple of 32 and the overlap is used rounded up to one. Tiled output equals the
+    whole-frame output up to the receptive field beyond the overlap (see the module docstring).
+
+    `statistics_passes` trades that equality for time. None (the default): one pass per global
+    average pool, exact. 0: a single pass in which every tile averages over itself, as plain
+    tiling does. n: the first n-1 layers exactly, then one pass that measures all remaining layers
+    at once, each from features computed with per-tile averages in the layers not yet known.
+    """
     if tile_size is None:
         return model(inputs)
+    _check_tiling(inputs, tile_size, overlap)
+    if statistics_passes is not None and statistics_passes < 0:
+        raise ValueError(f"statistics_passes must be None or >= 0, got {statistics_passes}")
     height, width = inputs.shape[-2:]
     tile_h, tile_w = min(tile_size, height), min(tile_size, width)
-    outputs = None
-    for top in _tile_starts(height, tile_h, overlap):
-        for left in _tile_starts(width, tile_w, overlap):
+    tiles = [(row, column) for row in tile_layout(height, tile_h, overlap)
+             for column in tile_layout(width, tile_w, overlap)]
+    averages = _FrameWideAverages(model) if statistics_passes != 0 else None
+    if averages is not None and averages.handles:
+        unreachable = _unreachable_global_averages(model)
+        if unreachable:
+            warnings.warn(f"tiled prediction: {', '.join(unreachable)} average over the frame as functions, "
+                          "not modules; each tile averages over itself there, so tiles may not match the "
+                          "whole frame", stacklevel=3)
+    try:
+        passes = 0
+        while True:
+            if averages is None or (statistics_passes is not None and passes >= statistics_passes):
+                measure = (0, 0)  # nothing left to measure: this pass gives the output
+            elif statistics_passes is not None and passes == statistics_passes - 1:
+                measure = (len(averages.known), math.inf)
+            else:
+                measure = (len(averages.known), len(averages.known) + 1)
+            if averages is not None:
+                averages.start_pass(*measure)
+            outputs = _tiled_pass(model, inputs, tiles, (tile_h, tile_w), averages)
+            measured = averages.finish_pass() if averages is not None else 0
+            passes += 1
+            if measured == 0:
+                return outputs
+    finally:
+        if averages is not None:
+            averages.close()
+
+
+def _tiled_pass(model, inputs, tiles, tile_shape, averages):
+    """One forward over every tile; returns the stitched outputs, or None when the forwards were
+    stopped once their statistic was gathered."""
+    tile_h, tile_w = tile_shape
+    height, width = inputs.shape[-2:]
+    outputs, stopped = None, 0
+    for (top, row_begin, row_end), (left, column_begin, column_end) in tiles:
+        rows, columns = (row_begin - top, row_end - top), (column_begin - left, column_end - left)
+        if averages is not None:
+            averages.start_tile(tile_shape, rows, columns)
+        try:
             piece = model(inputs[..., top:top + tile_h, left:left + tile_w])
-            pieces = piece if isinstance(piece, (tuple, list)) else (piece,)
-            if outputs is None:
-                scale = pieces[0].shape[-1] // tile_w
-                outputs = [p.new_zeros(*p.shape[:-2], height * (p.shape[-2] // tile_h), width * (p.shape[-1] // tile_w))
-                           for p in pieces]
-            row = _kept_range(top, tile_h, height, overlap)
-            column = _kept_range(left, tile_w, width, overlap)
-            for full, part in zip(outputs, pieces):
-                scale = part.shape[-1] // tile_w
-                full[..., row[0] * scale:row[1] * scale, column[0] * scale:column[1] * scale] = \
-                    part[..., (row[0] - top) * scale:(row[1] - top) * scale,
-                         (column[0] - left) * scale:(column[1] - left) * scale]
+        except _StatisticGathered:
+            stopped += 1
+            continue
+        pieces = piece if isinstance(piece, (tuple, list)) else (piece,)
+        if outputs is None:
+            outputs = [p.new_zeros(*p.shape[:-2], height * (p.shape[-2] // tile_h), width * (p.shape[-1] // tile_w))
+                       for p in pieces]
+        for full, part in zip(outputs, pieces):
+            scale_h, scale_w = part.shape[-2] // tile_h, part.shape[-1] // tile_w
+            full[..., row_begin * scale_h:row_end * scale_h, column_begin * scale_w:column_end * scale_w] = \
+                part[..., rows[0] * scale_h:rows[1] * scale_h, columns[0] * scale_w:columns[1] * scale_w]
+    if stopped not in (0, len(tiles)):
+        raise RuntimeError("tiled prediction: the network reached a different number of global average pools "
+                           "in different tiles")
+    if outputs is None:
+        return None
     return tuple(outputs) if len(outputs) > 1 else outputs[0]
 
 
@@ -61,15 +263,16 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 @torch.no_grad()
 def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, overlap=32,
-             image_dir=None, description="eval"):
-    """Per-image PSNR/SSIM on RGB clipped to [0, 1]; returns (means, rows)."""
+             image_dir=None, description="eval", statistics_passes: Optional[int] = None):
+    """Per-image PSNR/SSIM on RGB clipped to [0, 1]; returns (means, rows). Tiling arguments as in
+    `predict`."""
     was_training = model.training
     model.eval()
     rows = []
     for index in tqdm(range(len(dataset)), desc=description, leave=False, dynamic_ncols=True):
         item = dataset[index]
         inputs = item["input"].unsqueeze(0).to(device)
-        _, rgb = split_outputs(predict(model, inputs, tile_size, overlap))
+        _, rgb = split_outputs(predict(model, inputs, tile_size, overlap, statistics_passes))
         prediction = rgb[0].float().clamp(0, 1).cpu()
         target = item["rgb"]
         row = {"file": Path(item.get("short_path", item["name"])).name, "ratio": float(item["ratio"]),

@@ -3,7 +3,7 @@ hessian_rank.py, export_onnx.py and sweep.py so each reads the same keys the sam
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from core.config import Config, ConfigError
 from data.raw_cache import RawCache
@@ -13,8 +13,11 @@ from models import build_model
 from models.weights import load_weights
 
 
-def resolve_device(config: Config) -> torch.device:
+def resolve_device(config: Config, local_rank=None) -> torch.device:
+    """`local_rank` (under torchrun) picks the process's own GPU instead of gpu_id."""
     wanted = config.device
+    if local_rank is not None and wanted != "cpu" and torch.cuda.is_available():
+        return torch.device(f"cuda:{local_rank}")
     if wanted == "cpu":
         return torch.device("cpu")
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -58,13 +61,19 @@ def split_pairs(config: Config, split: str):
     return prepare_split(data.root, list_name, protocol, exclude, _cache_dir(config), data.decode_workers, limit)
 
 
-def build_train_loader(config: Config, input_kind: str, seed: int):
+def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0, world_size: int = 1):
+    """Each rank loads batch_size / world_size samples a step, so the global batch is batch_size.
+    A DistributedSampler is used even for one process: the order then depends only on (seed,
+    epoch), which makes DDP runs see the same global batches as one process, and resume exact."""
+    if config.batch_size % world_size:
+        raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {world_size} processes; "
+                          f"use a multiple of {world_size}")
     dataset = SIDTrainDataset(split_pairs(config, "train"), _cache(config), config.data.patch_size, input_kind,
                               flip=config.data.flip, transpose=config.data.transpose, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    workers = config.data.num_workers
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, generator=generator,
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    # Workers are not persistent: each epoch's workers get the dataset with its epoch set.
+    return DataLoader(dataset, batch_size=config.batch_size // world_size, sampler=sampler,
+                      num_workers=config.data.num_workers, pin_memory=torch.cuda.is_available())
 
 
 def build_eval_dataset(config: Config, split: str, input_kind: str):

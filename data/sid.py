@@ -202,8 +202,8 @@ class SIDTrainDataset(Dataset):
     one, which is even in the frame and so starts with R again. Transposing keeps R and B on the
     diagonal, so RGGB stays RGGB. The targets get exactly the same window and operations.
 
-    Random numbers come from a generator seeded by `seed` and one draw of torch's global RNG, so
-    torch.manual_seed (and DataLoader's per-worker seeding) makes epochs reproducible.
+    Random numbers come from a generator seeded by (`seed`, epoch set by `set_epoch`, index), so a
+    sample's patch does not depend on workers, ranks or the order samples are drawn in.
     """
 
     def __init__(
@@ -228,6 +228,11 @@ class SIDTrainDataset(Dataset):
         self.flip = flip
         self.transpose = transpose
         self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating an epoch (DataLoader workers get a fresh copy of the dataset)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -267,8 +272,10 @@ class SIDTrainDataset(Dataset):
         size = self.patch_size
         if height < size or width < size:
             raise ValueError(f"{pair.short_path}: frame {height}x{width} is smaller than patch_size {size}")
-        draw = int(torch.randint(0, 2**62, ()).item())
-        generator = torch.Generator().manual_seed((draw + self.seed * 0x9E3779B97F4A7C15) % 2**63)
+        # The crop depends only on (seed, epoch, index): the same sample gets the same patch whatever
+        # the number of DataLoader workers or DDP ranks, and a resumed run replays the same epoch.
+        generator = torch.Generator().manual_seed(
+            (self.seed * 0x9E3779B97F4A7C15 + self.epoch * 0x85EBCA6B + index * 0xC2B2AE35) % 2**63)
 
         def coin() -> bool:
             return bool(torch.rand((), generator=generator).item() < 0.5)

@@ -41,6 +41,17 @@ class CALayer(nn.Module):
         return x * self.conv_du(self.avg_pool(x))
 
 
+def init_weights(module):
+    """He initialisation for LeakyReLU(0.2). PyTorch's default (uniform, gain for a=sqrt(5)) shrinks
+    activations by about half per layer, so through the ~20 layers of DBF/DBLE a fresh network
+    outputs almost zero and spends its first thousands of steps just growing its scale."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(layer.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 def downshuffle(x):
     # Exactly pixel_unshuffle by 2: RGGB mosaic -> channels (R, Gr, Gb, B).
     return F.pixel_unshuffle(x, 2)
@@ -145,6 +156,7 @@ class DBFDBLE(nn.Module):
         self.DBLE = DBLE(width)
         self.up2 = nn.PixelShuffle(2)
         self.lrelu = nn.LeakyReLU(0.2)  # unused; present in the published checkpoint's tree
+        init_weights(self)
 
     def forward(self, x):
         mono = self.DBF(x)

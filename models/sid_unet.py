@@ -5,7 +5,7 @@ Takes the packed 4-channel raw (B,4,H/2,W/2) and returns RGB (B,3,H,W).
 import torch
 import torch.nn as nn
 
-from models.dbf_dble import Conv_LReLU_2, _channels
+from models.dbf_dble import Conv_LReLU_2, _channels, init_weights
 
 
 class SIDUNet(nn.Module):
@@ -30,6 +30,7 @@ class SIDUNet(nn.Module):
         self.conv10 = nn.Conv2d(c1, 12, 1)
         self.pool1 = nn.MaxPool2d(2)
         self.up2 = nn.PixelShuffle(2)
+        init_weights(self)
 
     def forward(self, x):
         conv1 = self.conv1(x)
