@@ -1,0 +1,513 @@
+"""Turn a float network into an MQBench QAT model, apply the user's per-layer overrides, calibrate.
+
+Flow used by train.py::
+
+    qmodel = prepare_quantized_model(model, cfg.quant_scheme, cfg.extra_quantizer_dict.special_layer,
+                                     cfg.quantize_output)
+    calibrate(qmodel, batches, device)          # or load_quantized_state(qmodel, checkpoint)
+    optimizer = torch.optim.Adam(param_groups(qmodel, lr))   # only now: see "Optimizer" below
+
+What the returned model contains (MQBench's Academic backend, then the steps below):
+
+* Weights: every Conv2d / Linear / ConvTranspose2d is MQBench's QAT module; its weight passes through
+  `<module>.weight_fake_quant`. MQBench's Academic rule keeps the first layer (modules fed by the graph
+  input, here `DBF.DBF_conv1.Conv1`) at 8 bits. Its "last layer at 8 bits" rule never fires on these
+  networks (it only recognises a single tensor output fed by a weighted module), so `DBF.DBF_out` and
+  `DBLE.DBLE_out` are at the scheme's bits unless special_layer says otherwise.
+* Activations: a quantizer `<node>_post_act_fake_quantizer` after each node whose output enters a
+  Conv2d/Linear (and, with `quant_scheme.quantize_transposed_conv_input`, a ConvTranspose2d), shared
+  by all consumers of that node. Module names are kept exactly as MQBench makes them (`lrelu`,
+  `lrelu_dup1`, ...), so distillation hooks and the ONNX exporter find them by the traced names.
+* Network input: every path from the graph input passes through ONE input quantizer,
+  `x_post_act_fake_quantizer`, at `special_layer.input_layer` bits when given, else MQBench's 8 bits
+  (first-layer rule). MQBench re-quantized the input after `downshuffle` (`F.pixel_unshuffle`) with an
+  ordinary activation quantizer (`pixel_unshuffle_post_act_fake_quantizer`, at the activation bits),
+  so the colour branch saw the mosaic at e.g. 4 bits whatever the input setting: that redundant
+  quantizer is removed (pixel_unshuffle only moves already-quantized values).
+* Network outputs (`quantize_output: true`): a quantizer `<node>_post_act_fake_quantizer` on each
+  output tensor (mono and rgb for DBF/DBLE), at the activation bits; only the output edge uses it (the
+  DBF mono output also feeds DBLE through its own input quantizer).
+
+special_layer: what "weight" and "activation" of a layer mean
+-------------------------------------------------------------
+A layer is a module name of the traced model (`DBF.DBF_conv1.Conv1`, `DBF.DBF_conv1.lrelu` for the
+first call of a reused LeakyReLU, `DBF.DBF_conv1.lrelu_dup1` for its second call) or the node name of
+a traced function (`cat_3`, `pixel_unshuffle_1`, `mul`).
+
+* `weight` = `<layer>.weight_fake_quant`. A layer without weights (the user's file puts `weight` on
+  LeakyReLU layers) gets a warning and the entry is skipped; it is not an error.
+* `activation` = the quantizer(s) that quantize the layer's output: the fake quantizers reached from
+  its output before any other weighted layer. Usually one sits right after the layer
+  (`DBF.DBF_conv1.lrelu` -> `dbf_dbf_conv1_lrelu_post_act_fake_quantizer`). MQBench's Academic backend
+  quantizes only conv inputs, so a Conv's output has no quantizer of its own: `DBF.DBF_conv1.Conv1`'s
+  activation is the quantizer after the LeakyReLU that follows it, and a block output that feeds both
+  a pool and a skip concatenation (`DBF.DBF_conv1.Conv2`, `...lrelu_dup1`) maps to both quantizers
+  (after the pool and after the concatenation). Each mapping is shown in the quant plan (its
+  `override` column). A layer whose output reaches no quantizer (the network head without
+  `quantize_output`) gets a warning.
+* Bits and scheme ("10 per_channel_affine") build a new quantizer of the quant_scheme's class and
+  observer from the qconfig MQBench makes for that bit width and scheme, replacing MQBench's, so its
+  learnable state is genuine and trainable. Activations are per-tensor only (MQBench's per-channel
+  axis would be the batch axis). When two entries reach the same quantizer with different settings,
+  the higher bit width wins and a warning names both.
+* Bits above 8 work with every MQBench quantizer here (torch's fake-quantize kernels take any integer
+  range); `input_layer: 10` and `"10 per_tensor_affine"` give quant ranges 0..1023 (affine) or
+  -512..511 (symmetric).
+
+Optimizer
+---------
+Per-channel LSQ scales have shape (1,) until calibration (or load_quantized_state) resizes them, so
+build the optimizer (and any DDP wrapper) after `calibrate`; `param_groups` refuses to run before.
+
+Parameters are shared, not copied: the QAT modules reuse the float model's weight tensors, so keep a
+separate model instance as the full-precision teacher.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import warnings
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.ao.quantization import FakeQuantizeBase
+from torch.fx import GraphModule, Node
+
+from mqbench.fake_quantize import PACTFakeQuantize
+from mqbench.nn.qat.modules.deconv import ConvTranspose2d as QATConvTranspose2d
+from mqbench.prepare_by_platform import BackendType, get_qconfig_by_platform, prepare_by_platform
+from mqbench.utils.logger import logger as mqbench_logger
+from mqbench.utils.state import enable_calibration, enable_quantization
+
+from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
+from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
+
+log = logging.getLogger(__name__)
+
+QUANTIZER_SUFFIX = "_post_act_fake_quantizer"
+WEIGHT_QUANTIZER = "weight_fake_quant"
+
+# Ops that only move values around: a tensor quantized before them is still on the same grid after.
+_REARRANGING_FUNCTIONS = {torch.pixel_unshuffle, torch.pixel_shuffle, torch.reshape, torch.flatten,
+                          torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze}
+_REARRANGING_METHODS = {"view", "reshape", "permute", "flatten", "contiguous", "transpose", "squeeze",
+                        "unsqueeze"}
+_REARRANGING_MODULES = (nn.PixelShuffle, nn.PixelUnshuffle, nn.Flatten, nn.Identity)
+
+
+@contextlib.contextmanager
+def quiet_mqbench(level=logging.WARNING):
+    """MQBench logs every inserted quantizer at INFO (over a hundred lines); the quant plan says it
+    better."""
+    saved = (mqbench_logger.level, [h.level for h in mqbench_logger.handlers])
+    mqbench_logger.setLevel(level)
+    for handler in mqbench_logger.handlers:
+        handler.setLevel(level)
+    try:
+        yield
+    finally:
+        mqbench_logger.setLevel(saved[0])
+        for handler, handler_level in zip(mqbench_logger.handlers, saved[1]):
+            handler.setLevel(handler_level)
+
+
+def fake_quantizers(model: nn.Module) -> dict[str, FakeQuantizeBase]:
+    """Every fake quantizer of the model by module name, in module order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, FakeQuantizeBase)}
+
+
+class QuantizerFactory:
+    """New MQBench fake quantizers of the scheme's class and observer at another bit width / scheme,
+    built from the qconfig MQBench itself makes for them."""
+
+    def __init__(self, scheme: QuantSchemeConfig):
+        self.scheme = scheme
+
+    def _qconfig(self, weight_qscheme=None, activation_qscheme=None):
+        with quiet_mqbench():
+            return get_qconfig_by_platform(BackendType.Academic,
+                                           extra_qconfig_dict(self.scheme, weight_qscheme, activation_qscheme))
+
+    def weight(self, bits: int, per_channel: bool, symmetric: bool) -> FakeQuantizeBase:
+        qscheme = self.scheme.weight.qscheme(bits=bits, symmetric=symmetric, per_channel=per_channel)
+        return self._qconfig(weight_qscheme=qscheme).weight()
+
+    def activation(self, bits: int, symmetric: Optional[bool] = None) -> FakeQuantizeBase:
+        qscheme = self.scheme.activation.qscheme(bits=bits, symmetric=symmetric, per_channel=False)
+        return self._qconfig(activation_qscheme=qscheme).activation()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _replace_quantizer(gm: GraphModule, name: str, new: FakeQuantizeBase) -> FakeQuantizeBase:
+    old = gm.get_submodule(name)
+    new.to(_device_of(old))
+    new.train(old.training)
+    # A replacement made after calibration must not silently restart observing.
+    new.fake_quant_enabled.copy_(old.fake_quant_enabled)
+    new.observer_enabled.copy_(old.observer_enabled)
+    for attribute in ("quant_role", "special_layer_sources"):
+        if hasattr(old, attribute):
+            setattr(new, attribute, getattr(old, attribute))
+    parent_name, _, child = name.rpartition(".")
+    setattr(gm.get_submodule(parent_name) if parent_name else gm, child, new)
+    return new
+
+
+def _is_quantizer_node(gm: GraphModule, node: Node) -> bool:
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), FakeQuantizeBase)
+
+
+def _has_weight(gm: GraphModule, node: Node) -> bool:
+    return node.op == "call_module" and isinstance(getattr(gm.get_submodule(node.target), "weight", None),
+                                                   torch.Tensor)
+
+
+def _is_rearranging(gm: GraphModule, node: Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _REARRANGING_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _REARRANGING_METHODS
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _REARRANGING_MODULES)
+    return False
+
+
+def _insert_quantizer_after(gm: GraphModule, node: Node, quantizer: FakeQuantizeBase, users: Iterable[Node]) -> Node:
+    name = node.name + QUANTIZER_SUFFIX
+    while hasattr(gm, name):
+        name = "_" + name
+    gm.add_submodule(name, quantizer)
+    with gm.graph.inserting_after(node):
+        inserted = gm.graph.call_module(name, (node,))
+    for user in list(users):
+        user.replace_input_with(node, inserted)
+    return inserted
+
+
+def _quantize_inputs(gm: GraphModule, factory: QuantizerFactory, bits: Optional[int]) -> list[Node]:
+    """One quantizer per graph input, used by every consumer of that input."""
+    quantizer_nodes = []
+    for placeholder in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        users = list(placeholder.users)
+        existing = [u for u in users if _is_quantizer_node(gm, u)]
+        if existing:
+            node = existing[0]
+            for user in users:
+                if user is not node:
+                    user.replace_input_with(placeholder, node)
+        else:
+            # Nothing MQBench quantizes reads this input directly; 8 bits matches its first-layer rule.
+            node = _insert_quantizer_after(gm, placeholder, factory.activation(bits or 8), users)
+        if bits is not None:
+            _replace_quantizer(gm, node.target, factory.activation(bits))
+        module = gm.get_submodule(node.target)
+        module.quant_role = "input"
+        if bits is not None:
+            module.special_layer_sources = ["input_layer"]
+        quantizer_nodes.append(node)
+    return quantizer_nodes
+
+
+def _drop_requantization(gm: GraphModule, quantizer_nodes: list[Node]) -> list[str]:
+    """Remove activation quantizers whose input is an already-quantized tensor moved around by
+    rearranging ops only (the input after pixel_unshuffle): they would requantize it at other bits."""
+    dropped = []
+    frontier = list(quantizer_nodes)
+    while frontier:
+        node = frontier.pop()
+        for user in list(node.users):
+            if _is_rearranging(gm, user):
+                frontier.append(user)
+            elif node not in quantizer_nodes and _is_quantizer_node(gm, user):
+                user.replace_all_uses_with(node)
+                gm.graph.erase_node(user)
+                gm.delete_submodule(user.target)
+                dropped.append(user.target)
+    return dropped
+
+
+def _output_nodes(gm: GraphModule) -> list[Node]:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    found = []
+    torch.fx.node.map_arg(output.args, lambda n: found.append(n))
+    return list(dict.fromkeys(found))
+
+
+def _quantize_outputs(gm: GraphModule, factory: QuantizerFactory) -> list[Node]:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    quantizer_nodes = []
+    for node in _output_nodes(gm):
+        if _is_quantizer_node(gm, node):
+            quantizer_nodes.append(node)
+            continue
+        inserted = _insert_quantizer_after(gm, node, factory.activation(factory.scheme.activation.bits), [output])
+        gm.get_submodule(inserted.target).quant_role = "output"
+        quantizer_nodes.append(inserted)
+    return quantizer_nodes
+
+
+def output_quantizers(gm: GraphModule, node: Node) -> tuple[list[Node], bool]:
+    """Fake-quantizer nodes that quantize `node`'s output (searching forward, stopping at quantizers
+    and weighted layers), and whether some path reaches the network output unquantized."""
+    found, reaches_output, seen = [], False, set()
+    queue = list(node.users)
+    while queue:
+        user = queue.pop(0)
+        if user in seen:
+            continue
+        seen.add(user)
+        if _is_quantizer_node(gm, user):
+            found.append(user)
+        elif user.op == "output":
+            reaches_output = True
+        elif not _has_weight(gm, user):
+            queue.extend(user.users)
+    return found, reaches_output
+
+
+def unquantized_input_paths(gm: GraphModule) -> list[str]:
+    """Nodes that consume a graph input (through any chain of ops) without a fake quantizer between:
+    weighted layers and the output are the places where it would matter. Empty when all is quantized."""
+    escaped, seen = [], set()
+    queue = [u for n in gm.graph.nodes if n.op == "placeholder" for u in n.users]
+    while queue:
+        node = queue.pop(0)
+        if node in seen or _is_quantizer_node(gm, node):
+            continue
+        seen.add(node)
+        if node.op == "output" or _has_weight(gm, node):
+            escaped.append(str(node.target) if node.op == "call_module" else node.name)
+        else:
+            queue.extend(node.users)
+    return escaped
+
+
+def layer_names(gm: GraphModule) -> list[str]:
+    """Names a special_layer entry may use: called modules, then traced function nodes."""
+    modules = [n.target for n in gm.graph.nodes if n.op == "call_module" and not _is_quantizer_node(gm, n)]
+    functions = [n.name for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+    return list(dict.fromkeys(modules + functions))
+
+
+def _find_layer(gm: GraphModule, name: str) -> Node:
+    for node in gm.graph.nodes:
+        if (node.op == "call_module" and node.target == name) or \
+                (node.op in ("call_function", "call_method") and node.name == name):
+            return node
+    nearest = difflib.get_close_matches(name, layer_names(gm), n=3, cutoff=0.4)
+    hint = f"nearest: {', '.join(nearest)}" if nearest else "see quant.prepare.layer_names(qmodel)"
+    raise ValueError(f"{WHERE}.{name}: no layer {name!r} in the traced model; {hint} "
+                     "(modules the forward never calls are dropped by tracing)")
+
+
+def _apply_special_layers(gm: GraphModule, special: SpecialLayers, factory: QuantizerFactory) -> None:
+    # quantizer name -> list of (override, source text, role); collected first so conflicts are seen.
+    planned: dict[str, list] = {}
+    for name, layer in special.layers.items():
+        node = _find_layer(gm, name)
+        if layer.weight is not None:
+            module = gm.get_submodule(node.target) if node.op == "call_module" else None
+            if not isinstance(getattr(module, WEIGHT_QUANTIZER, None), FakeQuantizeBase):
+                kind = type(module).__name__ if module is not None else \
+                    f"function {getattr(node.target, '__name__', node.target)}"
+                warnings.warn(f"{WHERE}.{name}.weight: ignored, {kind} has no quantized weight", stacklevel=3)
+            else:
+                planned.setdefault(f"{node.target}.{WEIGHT_QUANTIZER}", []).append(
+                    (layer.weight, f"{name}.weight", "weight"))
+        if layer.activation is not None:
+            if layer.activation.per_channel:
+                raise ValueError(f"{WHERE}.{name}.activation: activations are quantized per tensor "
+                                 f"(got {layer.activation.text!r}); use per_tensor_affine or per_tensor_symmetric")
+            targets = [node] if _is_quantizer_node(gm, node) else output_quantizers(gm, node)[0]
+            if not targets:
+                reaches_output = output_quantizers(gm, node)[1]
+                hint = "; set quantize_output: true to quantize the network output" if reaches_output else ""
+                warnings.warn(f"{WHERE}.{name}.activation: ignored, no fake quantizer on this layer's output "
+                              f"(MQBench's Academic backend quantizes only conv inputs){hint}", stacklevel=3)
+            for target in targets:
+                log.debug("special_layer %s.activation -> %s", name, target.target)
+                planned.setdefault(target.target, []).append((layer.activation, f"{name}.activation", "activation"))
+
+    for quantizer_name, entries in planned.items():
+        chosen = max(entries, key=lambda entry: entry[0].bits)  # first of the highest bit width
+        settings = {(e[0].bits, e[0].per_channel, e[0].symmetric) for e in entries}
+        if len(settings) > 1:
+            warnings.warn(f"{WHERE}: {', '.join(e[1] for e in entries)} all set {quantizer_name} differently; "
+                          f"using {chosen[1]} ({chosen[0].text})", stacklevel=3)
+        old = gm.get_submodule(quantizer_name)
+        if chosen[2] == "weight":
+            new = _weight_quantizer(factory, chosen[0], old, quantizer_name, gm)
+        else:
+            new = factory.activation(chosen[0].bits, chosen[0].symmetric)
+        new = _replace_quantizer(gm, quantizer_name, new)
+        new.special_layer_sources = [e[1] for e in entries]
+
+
+def _weight_quantizer(factory: QuantizerFactory, override: QuantOverride, old: FakeQuantizeBase,
+                      quantizer_name: str, gm: GraphModule) -> FakeQuantizeBase:
+    scheme = factory.scheme.weight
+    per_channel = scheme.per_channel if override.per_channel is None else override.per_channel
+    symmetric = scheme.symmetric if override.symmetric is None else override.symmetric
+    if per_channel and scheme.fake_quantize_class in PER_TENSOR_ONLY:
+        warnings.warn(f"{WHERE}: {quantizer_name}: {scheme.quantizer} is per-tensor only in MQBench; "
+                      f"using per-tensor instead of {override.text!r}", stacklevel=4)
+        per_channel = False
+    new = factory.weight(override.bits, per_channel, symmetric)
+    if per_channel:
+        # Output channels: axis 0 of a Conv weight, axis 1 of a ConvTranspose weight (as MQBench does).
+        owner = gm.get_submodule(quantizer_name.rpartition(".")[0])
+        axis = old.ch_axis if old.ch_axis != -1 else (1 if isinstance(owner, nn.ConvTranspose2d) else 0)
+        new.ch_axis = axis
+        new.activation_post_process.ch_axis = axis
+    return new
+
+
+def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Optional[dict] = None,
+                            quantize_output: bool = False) -> GraphModule:
+    """MQBench QAT model of `model` (see the module docstring for what it contains).
+
+    `scheme`: a QuantSchemeConfig or its mapping; `special_layer`: the user's
+    `extra_quantizer_dict.special_layer` mapping. Bad names raise a one-line ValueError; `weight`
+    entries on layers without weights only warn. Build the optimizer after `calibrate`.
+    """
+    scheme = parse_quant_scheme(scheme)
+    special = parse_special_layers(special_layer)
+    extra_quantizer = {}
+    if scheme.quantize_transposed_conv_input:
+        extra_quantizer["additional_module_type"] = (QATConvTranspose2d,)
+    if scheme.weight.fake_quantize_class == "DoReFaFakeQuantize":
+        warnings.warn("quant_scheme.weight.quantizer: MQBench's DoReFa maps every weight tensor to [-1, 1] "
+                      "(tanh, then division by the largest value); without normalisation layers to absorb "
+                      "that scale, activations grow layer after layer and gradients may overflow", stacklevel=2)
+    if scheme.activation.fake_quantize_class == "DoReFaFakeQuantize":
+        warnings.warn("quant_scheme.activation.quantizer: MQBench's DoReFa quantizer normalises its input "
+                      "with tanh (the DoReFa weight transform); activations lose their scale", stacklevel=2)
+    with quiet_mqbench():
+        prepared = prepare_by_platform(model, BackendType.Academic, {
+            "extra_qconfig_dict": extra_qconfig_dict(scheme),
+            "extra_quantizer_dict": extra_quantizer,
+        })
+    factory = QuantizerFactory(scheme)
+    input_nodes = _quantize_inputs(prepared, factory, special.input_bits)
+    dropped = _drop_requantization(prepared, input_nodes)
+    if dropped:
+        log.info("input quantized once; removed requantization after rearranging ops: %s", ", ".join(dropped))
+    if quantize_output:
+        _quantize_outputs(prepared, factory)
+    _apply_special_layers(prepared, special, factory)
+    prepared.graph.lint()
+    prepared.recompile()
+    escaped = unquantized_input_paths(prepared)
+    if escaped:  # an internal invariant; a new network shape could break it
+        raise RuntimeError(f"the network input reaches {', '.join(escaped)} without a fake quantizer")
+    # Read by calibrate() and param_groups(); plain attributes, not part of the state dict.
+    prepared.quant_scheme = scheme
+    prepared.special_layers = special
+    return prepared
+
+
+def network_input(batch: Any) -> torch.Tensor:
+    """The network input of a batch: a tensor, the first element of a tuple/list, or a dict's 'input'."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("input", "inputs", "raw", "x"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+        raise TypeError(f"calibrate: batch dict has no 'input' tensor (keys: {', '.join(map(str, batch))})")
+    raise TypeError(f"calibrate: expected a tensor, a (input, ...) tuple or a dict with 'input', "
+                    f"got {type(batch).__name__}")
+
+
+def set_qat_observers(qmodel: nn.Module, observers_during_qat: bool) -> None:
+    """Observers on or off for QAT. PACT stays on: MQBench's PACT clips by its learnable alpha only
+    on the observer path, so with the observer off alpha would get no gradient."""
+    for quantizer in fake_quantizers(qmodel).values():
+        if observers_during_qat or isinstance(quantizer, PACTFakeQuantize):
+            quantizer.enable_observer()
+        else:
+            quantizer.disable_observer()
+
+
+def calibrate(qmodel: nn.Module, batches: Iterable, device=None, num_batches: Optional[int] = None,
+              observers_during_qat: Optional[bool] = None) -> int:
+    """Observers on and fake quantization off over `num_batches` batches (default: the scheme's
+    calibration_batches) with no_grad, then fake quantization on for QAT; returns batches used.
+
+    Runs in training mode: DSQ updates its ranges only there (it keeps doing so during QAT whatever the
+    observer flags). Build the optimizer after this: per-channel LSQ scales get their shape here.
+    """
+    scheme = getattr(qmodel, "quant_scheme", None)
+    if num_batches is None and scheme is not None:
+        num_batches = scheme.calibration_batches
+    if observers_during_qat is None:
+        observers_during_qat = scheme.observers_during_qat if scheme is not None else False
+    if device is None:
+        device = _device_of(qmodel)
+    was_training = qmodel.training
+    qmodel.train()
+    with quiet_mqbench():
+        enable_calibration(qmodel)
+    used = 0
+    with torch.no_grad():
+        for batch in batches:
+            if num_batches is not None and used >= num_batches:
+                break
+            qmodel(network_input(batch).to(device))
+            used += 1
+    if used == 0:
+        raise ValueError("calibrate: got no batches; the quantizer ranges would stay at their placeholders")
+    with quiet_mqbench():
+        enable_quantization(qmodel)
+    set_qat_observers(qmodel, observers_during_qat)
+    qmodel.train(was_training)
+    return used
+
+
+def quantizer_parameters(qmodel: nn.Module) -> list[nn.Parameter]:
+    """Learnable parameters of the fake quantizers (LSQ scales and zero points, PACT alphas)."""
+    found = {}
+    for quantizer in fake_quantizers(qmodel).values():
+        for parameter in quantizer.parameters():
+            found[id(parameter)] = parameter
+    return list(found.values())
+
+
+def _uncalibrated_per_channel(qmodel: nn.Module) -> list[str]:
+    stale = []
+    for name, quantizer in fake_quantizers(qmodel).items():
+        observer = getattr(quantizer, "activation_post_process", None)
+        min_val = getattr(observer, "min_val", None)
+        if getattr(quantizer, "ch_axis", -1) != -1 and isinstance(min_val, torch.Tensor) \
+                and bool(torch.isinf(min_val).any()):
+            stale.append(name)
+    return stale
+
+
+def param_groups(qmodel: nn.Module, lr: float, quantizer_lr: Optional[float] = None) -> list[dict]:
+    """Optimizer groups: model weights at `lr`; quantizer parameters at `quantizer_lr` (default: the
+    scheme's quantizer_lr, else `lr`) without weight decay (decay would shrink the ranges)."""
+    stale = _uncalibrated_per_channel(qmodel)
+    if stale:
+        raise RuntimeError(f"param_groups: {stale[0]} (and {len(stale) - 1} more) is per-channel but not "
+                           "calibrated yet; call calibrate() or load_quantized_state() before building the optimizer")
+    if quantizer_lr is None:
+        scheme = getattr(qmodel, "quant_scheme", None)
+        quantizer_lr = (scheme.quantizer_lr if scheme is not None else None) or lr
+    quantizer = quantizer_parameters(qmodel)
+    ids = {id(p) for p in quantizer}
+    weights = [p for p in qmodel.parameters() if id(p) not in ids and p.requires_grad]
+    groups = [{"params": weights, "lr": lr, "name": "weights"}]
+    if quantizer:
+        groups.append({"params": quantizer, "lr": quantizer_lr, "weight_decay": 0.0, "name": "quantizers"})
+    return groups
