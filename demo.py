@@ -2,23 +2,51 @@
 
 1. generate the SID-format data set (real DNG files, read back with rawpy) and train the
    full-precision DBF/DBLE teacher; print its test PSNR/SSIM next to the naive baseline;
-2. quantization-aware training (W8A8 LSQ) distilled from that teacher: a small sweep over the
-   distillation coefficient, with its summary table;
-3. export the best quantized model to ONNX (QDQ) and run it in onnxruntime.
+2. quantization-aware training (W8A8 LSQ) from those weights, without and with distillation from
+   the teacher: a two-variant sweep, with its summary table;
+3. export the best quantized model to ONNX (FP32 and QDQ) and check it in onnxruntime.
 """
+import json
+import shutil
 import sys
 import time
+from pathlib import Path
 
-import core.runner
 from core.config import load_config
+from core.records import format_table
 from core.runner import run_entry_point
 
 
 def main(argv):
     started = time.time()
+    import sweep
     import train
+    from deploy import export_run
+
     print("=== 1/3 full-precision teacher (configfile/demo_fp.yaml)")
-    train.run(load_config("configfile/demo_fp.yaml"), overwrite=True)
+    teacher = train.run(load_config("configfile/demo_fp.yaml"), overwrite=True)
+
+    print("\n=== 2/3 W8A8 QAT without / with distillation (configfile/demo_sweep.yaml)")
+    demo_sweep = sweep.load_sweep("configfile/demo_sweep.yaml")
+    # A re-run of the demo trains its variants again, from the teacher just trained.
+    shutil.rmtree(Path("results", demo_sweep.name), ignore_errors=True)
+    rows = sweep.run_sweep(demo_sweep)
+
+    print("\n=== 3/3 ONNX export of the best quantized model")
+    best = rows[0]
+    variant_dir = Path("results", demo_sweep.name, best["variant"])
+    summary = json.loads((variant_dir / "summary.json").read_text())
+    variant_config = load_config(variant_dir / "config.yaml", check_files=False)
+    export_run(variant_config, summary["checkpoint"], Path("onnx") / "demo_w8a8")
+
+    print("\n=== demo summary (test split, SSIM variant: skimage)")
+    table = [{"model": "naive baseline (amplified short exposure)", "PSNR (dB)": teacher["test_baseline_psnr"],
+              "SSIM": teacher["test_baseline_ssim"]},
+             {"model": "full precision (teacher)", "PSNR (dB)": teacher["test_psnr"], "SSIM": teacher["test_ssim"]}]
+    table += [{"model": f"W8A8 QAT, {row['variant']}", "PSNR (dB)": row["test_psnr"], "SSIM": row["test_ssim"]}
+              for row in rows]
+    print(format_table(table, ["model", "PSNR (dB)", "SSIM"]))
+    print(f"results: results/demo_fp, results/{demo_sweep.name}; ONNX: onnx/demo_w8a8")
     print(f"demo finished in {(time.time() - started) / 60:.1f} min")
 
 

@@ -273,8 +273,10 @@ def _run(config, resume, overwrite, ddp):
                 write_csv_atomic(run_dir / "best_per_image.csv",
                                  [{"epoch": epoch, **r, "ssim_variant": config.val.ssim} for r in per_image])
             payload.update(best_psnr=best_psnr, best_epoch=best_epoch)
-            saver.save_latest(payload, epoch)
+            # The metrics row goes before the latest checkpoint: a kill between the two resumes from
+            # the previous epoch, which trims this row and writes it again (never a missing row).
             log.append(row)
+            saver.save_latest(payload, epoch)
             print(f"epoch {epoch}: loss {row['loss']:.4f}  val PSNR {row['psnr']:.2f} dB  "
                   f"SSIM({config.val.ssim}) {row['ssim']:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s")
         ddp.barrier()

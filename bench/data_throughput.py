@@ -77,6 +77,33 @@ def loader_phase(arguments: argparse.Namespace) -> None:
     )
 
 
+def step_phase(arguments: argparse.Namespace) -> None:
+    """What the loader must keep up with: training steps of the full DBF/DBLE at the same patch size.
+    On CPU a batch of 24 takes minutes, so --step-batch samples per step are timed and the rate is
+    per patch (the cost is linear in the batch)."""
+    import torch
+    import torch.nn.functional as F
+
+    from models import build_model
+
+    model = build_model("dbf_dble")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    size = arguments.patch_size
+    inputs = torch.rand(arguments.step_batch, 1, size, size)
+    rgb_target = torch.rand(arguments.step_batch, 3, size, size)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        mono, rgb = model(inputs)
+        loss = F.l1_loss(rgb, rgb_target) + F.l1_loss(mono, rgb_target[:, :1])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    step = sorted(times[1:])[0]
+    print(json.dumps({"seconds_per_step": step, "patches_per_s": arguments.step_batch / step}))
+
+
 def generate_phase(arguments: argparse.Namespace) -> None:
     from data.synthetic import generate_full_size_sid
 
@@ -124,6 +151,7 @@ def run_phase(arguments: argparse.Namespace, phase: str, root: Path, cache_dir: 
         "--batch-size", str(arguments.batch_size),
         "--patch-size", str(arguments.patch_size),
         "--workers", str(arguments.workers),
+        "--step-batch", str(arguments.step_batch),
     ]  # fmt: skip
     if list_file is not None:
         command += ["--list-file", str(list_file)]
@@ -138,6 +166,7 @@ def benchmark(arguments: argparse.Namespace, work_dir: Path) -> None:
     built = run_phase(arguments, "build", root, cache_dir)
     few = run_phase(arguments, "loader", root, cache_dir, root / "Sony_train_list.txt")
     many = run_phase(arguments, "loader", root, cache_dir, write_long_list(root, arguments.pairs))
+    step = run_phase(arguments, "step", root, cache_dir)
 
     rows = [
         ("frames", f"{built['inputs']} short + {built['ground_truths']} long DNGs, 4256x2848"),
@@ -164,6 +193,9 @@ def benchmark(arguments: argparse.Namespace, work_dir: Path) -> None:
                 f"{result['main_peak_mib']:.0f} MiB, largest worker {result['worker_peak_mib']:.0f} MiB",
             )
         )
+    rows.append(("training step (CPU)", f"{step['seconds_per_step']:.1f} s per step of {arguments.step_batch} "
+                 f"{arguments.patch_size}px patches = {step['patches_per_s']:.2f} patches/s; loader / model = "
+                 f"{few['patches_per_s'] / step['patches_per_s']:.0f}x (target >= 10x)"))
     width = max(len(name) for name, _ in rows)
     print()
     for name, value in rows:
@@ -179,13 +211,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--patch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="cache-build and DataLoader worker processes")
-    parser.add_argument("--phase", choices=("generate", "build", "loader"), help=argparse.SUPPRESS)
+    parser.add_argument("--step-batch", type=int, default=2, help="samples per timed training step")
+    parser.add_argument("--phase", choices=("generate", "build", "loader", "step"), help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--list-file", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
 
     if arguments.phase is not None:
-        {"generate": generate_phase, "build": build_phase, "loader": loader_phase}[arguments.phase](arguments)
+        {"generate": generate_phase, "build": build_phase, "loader": loader_phase, "step": step_phase}[arguments.phase](arguments)
     elif arguments.root is not None:
         arguments.root.mkdir(parents=True, exist_ok=True)
         benchmark(arguments, arguments.root)

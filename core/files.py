@@ -22,6 +22,10 @@ def _replace_from_temp(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(temp_name, 0o666 & ~umask)
         os.replace(temp_name, path)
+    except OSError as error:
+        Path(temp_name).unlink(missing_ok=True)
+        # Disk full or a vanished folder: say which file, keep the previous version in place.
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise

@@ -1,0 +1,291 @@
+"""Named intermediate features of the quantized student and the full-precision teacher.
+
+Users name layers the way MQBench's traced graph names them, e.g. `DBLE.dual_conv9.lrelu_dup1`:
+MQBench traces the network with torch.fx and gives each extra call of a reused module its own deep
+copy, `<name>_dup<k>` for the k-th extra call (`lrelu` = first call of a block's LeakyReLU,
+`lrelu_dup1` = second call = the block output). The plain network has no module of that name, so
+the teacher is traced here with the same tracer and the same renaming; its set of called modules
+then equals the student's minus MQBench's fake quantizers.
+
+Which tensor is captured (the "tap point"):
+- Teacher (and any model without fake quantizers): the output of the named module.
+- Student: when the named module's output is read only through MQBench's
+  `<node>_post_act_fake_quantizer` (the Academic backend inserts one in front of every conv
+  input, e.g. after `DBLE.dual_conv9.lrelu_dup1` and `DBF.DBF_conv9.lrelu_dup1`), the
+  quantizer's output is captured, i.e. the quantized activation. Reasons: it is the tensor the
+  next layer actually computes with, so matching it to the teacher removes the error that
+  reaches the head; gradients of the distillation loss then also reach the activation
+  quantizer's learnable scale (LSQ/PACT/DSQ), so the clipping range is tuned to keep the
+  teacher's features; this is the usual choice of quantization-aware distillation (QKD and
+  similar feature-matching QAT methods compare the student's quantized features). A float tap
+  would let the student match the teacher before a quantizer that then clips or rounds the
+  match away. Pass `after_fake_quantizer=False` for the float output instead. When the output
+  has no quantizer (e.g. `DBF.DBF_conv1.lrelu_dup1`, read by a max-pool and a concatenation),
+  every consumer reads the float output and that is what is captured. `FeatureTaps.tap_points`
+  says, per layer, which module was hooked.
+"""
+import copy
+import difflib
+import re
+
+import torch
+import torch.nn as nn
+from torch.ao.quantization import FakeQuantizeBase
+from torch.ao.quantization.observer import ObserverBase
+from torch.fx import GraphModule
+
+# The activation modules whose outputs are the default candidates for the Hessian ranking.
+ACTIVATION_TYPES = (nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU,
+                    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish)
+
+_DUPLICATE_SUFFIX = "_dup"  # MQBench's spelling; names in user configs depend on it
+_DUPLICATE_COMPONENT = re.compile(r"_dup\d+$")
+
+
+def _unwrap(model):
+    # DataParallel / DistributedDataParallel keep the network under `.module`; names are inside.
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def _is_quantization_module(module):
+    return isinstance(module, (FakeQuantizeBase, ObserverBase))
+
+
+def _mqbench_tracer():
+    # The student is traced by MQBench's tracer; using the same one here keeps the teacher's leaf
+    # modules (and so its node and module names) identical to the student's.
+    from mqbench.prepare_by_platform import CustomedTracer
+    return CustomedTracer(customed_leaf_module=())
+
+
+def _copy_sharing_tensors(module):
+    # A per-call copy needs its own module object (so a hook sees only that call) but must keep
+    # using the original parameters: weights loaded into the model later then reach every call.
+    memo = {id(tensor): tensor for tensor in list(module.parameters()) + list(module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def trace_for_features(model, freeze=False):
+    """Trace `model` into a GraphModule whose modules are unique per call, named as MQBench names them.
+
+    A module called k > 1 times keeps its name for the first call; later calls get
+    `<name>_dup1`, `<name>_dup2`, ... (module objects of their own, sharing the original's
+    parameters and buffers). All other modules are the model's own objects, so the graph shares
+    the model's weights. With `freeze=True` the result is put in eval mode and its parameters
+    stop requiring gradients (which also freezes `model`, whose parameters are shared): use it
+    for the teacher. A frozen teacher fed an input that does not require grad records no autograd
+    graph, so its forward costs what a `torch.no_grad()` forward costs.
+    """
+    model = _unwrap(model)
+    if isinstance(model, GraphModule) and not _reused_call_targets(model.graph):
+        graph_module = model
+    else:
+        graph = _mqbench_tracer().trace(model)
+        root = dict(model.named_modules())
+        calls = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+                if calls[node.target] > 1:
+                    original = node.target
+                    node.target = f"{original}{_DUPLICATE_SUFFIX}{calls[original] - 1}"
+                    root[node.target] = _copy_sharing_tensors(root[original])
+            elif node.op == "get_attr":
+                root[node.target] = _get_attribute(model, node.target)
+        graph.lint()
+        graph_module = GraphModule(root, graph, type(model).__name__)
+    if freeze:
+        graph_module.eval()
+        graph_module.requires_grad_(False)
+    return graph_module
+
+
+def prepare_teacher(model):
+    """The teacher as distillation needs it: traced with MQBench names, eval mode, frozen."""
+    return trace_for_features(model, freeze=True)
+
+
+def _get_attribute(model, dotted):
+    value = model
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _reused_call_targets(graph):
+    seen, reused = set(), set()
+    for node in graph.nodes:
+        if node.op == "call_module":
+            (reused if node.target in seen else seen).add(node.target)
+    return reused
+
+
+def called_module_names(model):
+    """Targets of the call_module nodes of a traced model in execution order, without MQBench's
+    fake quantizers: the names a user may give in `distill_config` / `output_layer_list`."""
+    model = _unwrap(model)
+    if not isinstance(model, GraphModule):
+        raise ValueError(f"{type(model).__name__} is not traced; call trace_for_features(model) first")
+    modules = dict(model.named_modules())
+    names = []
+    for node in model.graph.nodes:
+        if node.op == "call_module" and not _is_quantization_module(modules[node.target]):
+            if node.target not in names:
+                names.append(node.target)
+    return names
+
+
+# Ops that only move values around: an activation read through them alone IS the network output.
+_REARRANGING_MODULES = (nn.PixelShuffle, nn.PixelUnshuffle, nn.Identity, nn.Flatten, nn.Unflatten)
+_REARRANGING_FUNCTIONS = {torch.pixel_shuffle, torch.pixel_unshuffle, torch.flatten, torch.reshape, torch.permute,
+                          torch.nn.functional.pixel_shuffle, torch.nn.functional.pixel_unshuffle}
+_REARRANGING_METHODS = {"view", "reshape", "permute", "contiguous", "flatten"}
+
+
+def _is_network_output(model, node):
+    """True when `node`'s value reaches a graph output through rearranging ops only."""
+    for user in node.users:
+        if user.op == "output":
+            return True
+        rearranging = ((user.op == "call_module" and isinstance(model.get_submodule(user.target), _REARRANGING_MODULES))
+                       or (user.op == "call_function" and user.target in _REARRANGING_FUNCTIONS)
+                       or (user.op == "call_method" and user.target in _REARRANGING_METHODS))
+        if rearranging and _is_network_output(model, user):
+            return True
+    return False
+
+
+def activation_layer_names(model, include_outputs=True):
+    """Called activation modules (LeakyReLU, ReLU, Sigmoid, ...) of a traced model, in execution order.
+
+    `include_outputs=False` leaves out activations that are (a rearrangement of) a network output,
+    e.g. `DBF.lrelu` (the mono image) and `DBLE.lrelu` (the RGB image before pixel shuffle).
+    """
+    model = _unwrap(model)
+    names = [name for name in called_module_names(model) if isinstance(model.get_submodule(name), ACTIVATION_TYPES)]
+    if include_outputs:
+        return names
+    outputs = {node.target for node in model.graph.nodes
+               if node.op == "call_module" and node.target in names and _is_network_output(model, node)}
+    return [name for name in names if name not in outputs]
+
+
+def merge_layer_names(*name_lists):
+    """Concatenate layer-name lists keeping the first occurrence of each name (e.g. the union of
+    `distill_config` and `output_layer_list`)."""
+    merged = []
+    for names in name_lists:
+        for name in names or ():
+            if name not in merged:
+                merged.append(name)
+    return merged
+
+
+def _nearest(name, candidates, count=3):
+    close = difflib.get_close_matches(name, candidates, n=count, cutoff=0.5)
+    return ", ".join(close) if close else "none close; " + ", ".join(list(candidates)[:count]) + ", ..."
+
+
+class FeatureTaps:
+    """Forward hooks that expose named layer outputs as `{name: tensor}` after every forward.
+
+    `FeatureTaps(model, layer_names, role='student', extra_layer_names=output_layer_list)` taps
+    the union of the two lists (first occurrence order); `outputs` holds the tensors of the last
+    forward (cleared when a new forward starts), still attached to the autograd graph so a loss
+    on them reaches the student's weights. Use as a context manager or call `remove()`.
+
+    `model` must be traced (an MQBench-prepared student, or `trace_for_features(teacher)`):
+    the layer names only exist there. `role` names the model in error messages. For a student,
+    a layer whose output is read only through a `*_post_act_fake_quantizer` is captured after
+    that quantizer unless `after_fake_quantizer=False` (see the module docstring for why).
+    """
+
+    def __init__(self, model, layer_names, role="model", extra_layer_names=(), after_fake_quantizer=True):
+        self.role = role
+        self.layer_names = merge_layer_names(layer_names, extra_layer_names)
+        self.outputs = {}
+        self.tap_points = {}
+        self._handles = []
+        model = _unwrap(model)
+        modules = dict(model.named_modules())
+        graph = model.graph if isinstance(model, GraphModule) else None
+        callable_names = called_module_names(model) if graph is not None else \
+            [name for name, module in modules.items() if name and not _is_quantization_module(module)]
+        for name in self.layer_names:
+            if name not in callable_names:
+                hint = "" if graph is not None else " (the model is not traced: use trace_for_features)"
+                raise ValueError(f"{role}: no layer {name!r}{hint}; nearest: {_nearest(name, callable_names)}")
+            tap = self._quantizer_reading(graph, modules, name) if (graph is not None and after_fake_quantizer) else None
+            self.tap_points[name] = tap or name
+            self._handles.append(modules[self.tap_points[name]].register_forward_hook(self._recorder(name)))
+        # A new forward starts: forget the previous one so a stale tensor is never compared.
+        self._handles.append(model.register_forward_pre_hook(lambda module, args: self.outputs.clear()))
+
+    @staticmethod
+    def _quantizer_reading(graph, modules, name):
+        for node in graph.nodes:
+            if node.op == "call_module" and node.target == name:
+                users = list(node.users)
+                if users and all(user.op == "call_module" and isinstance(modules[user.target], FakeQuantizeBase)
+                                 for user in users):
+                    return users[0].target
+                return None
+        return None
+
+    def _recorder(self, name):
+        def record(module, args, output):
+            if name in self.outputs:
+                raise RuntimeError(f"{self.role}: layer {name!r} ran twice in one forward; its calls need "
+                                   "separate names (trace the model with trace_for_features)")
+            self.outputs[name] = output
+        return record
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    def __getitem__(self, name):
+        return self.outputs[name]
+
+
+def _architecture_signature(model):
+    model = _unwrap(model)
+    skipped = [name + "." for name, module in model.named_modules() if name and _is_quantization_module(module)]
+    signature = {}
+    for name, tensor in model.named_parameters(remove_duplicate=False):
+        if any(name.startswith(prefix) for prefix in skipped):
+            continue
+        # Per-call copies exist only in traced models and mirror their original.
+        if any(_DUPLICATE_COMPONENT.search(part) for part in name.split(".")[:-1]):
+            continue
+        signature[name] = tuple(tensor.shape)
+    return signature
+
+
+def check_same_architecture(student, teacher, show=3):
+    """Raise a one-line ValueError unless both models have the same parameter names and shapes
+    (fake quantizer / observer parameters and per-call copies ignored)."""
+    student_shapes, teacher_shapes = _architecture_signature(student), _architecture_signature(teacher)
+    if student_shapes == teacher_shapes:
+        return
+    parts = []
+    only_student = [name for name in student_shapes if name not in teacher_shapes]
+    only_teacher = [name for name in teacher_shapes if name not in student_shapes]
+    differing = [f"{name} {student_shapes[name]} vs {teacher_shapes[name]}"
+                 for name in student_shapes if name in teacher_shapes and student_shapes[name] != teacher_shapes[name]]
+    for label, items in (("shape differs (student vs teacher)", differing),
+                         ("only in student", only_student), ("only in teacher", only_teacher)):
+        if items:
+            more = f" (+{len(items) - show} more)" if len(items) > show else ""
+            parts.append(f"{label} {len(items)}: {', '.join(items[:show])}{more}")
+    raise ValueError("student and teacher are different networks: " + "; ".join(parts))

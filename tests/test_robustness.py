@@ -1,0 +1,73 @@
+"""Runs that last days must survive faults: kills at random moments, a diverging loss, an
+unwritable results folder."""
+import csv
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from test_train import REPOSITORY_ROOT, run_cli, write_run_config
+
+
+def test_kills_at_random_points_then_resume_end_like_an_uninterrupted_run(synthetic_sid_root, tmp_path):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    for folder in (reference_dir, killed_dir):
+        folder.mkdir()
+    settings = dict(schedule__epochs=4, schedule__iters_per_epoch=3)
+    reference = write_run_config(reference_dir, synthetic_sid_root, **settings)
+    run_cli("train.py", "--config", reference, cwd=reference_dir)
+
+    killed = write_run_config(killed_dir, synthetic_sid_root, **settings)
+    checkpoints = killed_dir / "results" / "tiny" / "checkpoints"
+    chooser = random.Random(7)
+    kills = 0
+    for _ in range(6):
+        resume = ["--resume"] if list(checkpoints.glob("latest_epoch*.pth")) else ["--overwrite"]
+        process = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "train.py"), "--config", str(killed), *resume],
+                                   cwd=killed_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(chooser.uniform(3.0, 12.0))  # past start-up, somewhere in training, validation or a write
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        if kills == 3:
+            break
+    assert kills >= 1, "the run always finished before a kill"
+    if not list(checkpoints.glob("latest_epoch0004.pth")):
+        resume = ["--resume"] if list(checkpoints.glob("latest_epoch*.pth")) else ["--overwrite"]
+        run_cli("train.py", "--config", killed, *resume, cwd=killed_dir)
+
+    final = lambda folder: torch.load(folder / "results" / "tiny" / "checkpoints" / "latest_epoch0004.pth",
+                                      weights_only=False)
+    a, b = final(reference_dir), final(killed_dir)
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    for folder in (reference_dir, killed_dir):
+        epochs = [int(r["epoch"]) for r in csv.DictReader((folder / "results" / "tiny" / "metrics.csv").open())]
+        assert epochs == [1, 2, 3, 4]
+    assert not list(checkpoints.glob(".*.tmp")), "a temporary checkpoint was left behind"
+
+
+def test_diverging_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(synthetic_sid_root, tmp_path):
+    # Epoch 1 trains normally; the step schedule then multiplies the learning rate by 1e15.
+    config_path = write_run_config(tmp_path, synthetic_sid_root, schedule__epochs=3, schedule__iters_per_epoch=3,
+                                   schedule__scheduler="step", schedule__step_size=1, schedule__gamma=1e15)
+    result = run_cli("train.py", "--config", config_path, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "loss is not finite at epoch" in message and "step" in message and "latest_epoch0001.pth" in message
+    assert (tmp_path / "results" / "tiny" / "checkpoints" / "latest_epoch0001.pth").exists()
+
+
+def test_unwritable_results_folder_fails_before_training(synthetic_sid_root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    config_path = write_run_config(tmp_path, synthetic_sid_root, output__results_dir=str(blocker / "results"))
+    result = run_cli("train.py", "--config", config_path, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "results folder not writable" in result.stderr and str(blocker) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
