@@ -1,5 +1,7 @@
 # Two commands on a fresh machine with Python 3.11:  make demo  |  make test
 VENV := .venv
+# DataLoader workers and torch threads share 2 cores: busy-waiting OpenMP threads would starve them.
+export OMP_WAIT_POLICY ?= PASSIVE
 PY := $(VENV)/bin/python
 
 $(VENV)/.installed: requirements.txt

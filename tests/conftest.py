@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# The tests start torchrun and train.py processes beside this one: with OpenMP's default busy-waiting,
+# threads of one process spin on the cores another needs, and steps slow down tens of times.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough that the whole set (7 scenes, 38 DNGs) is written and decoded in about a second.
