@@ -55,6 +55,7 @@ def session(path, threads, optimized_path=None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # buffer-reuse notices for each new input size drown the table
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if optimized_path:
         options.optimized_model_filepath = str(optimized_path)
