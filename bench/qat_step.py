@@ -32,7 +32,7 @@ from quant import calibrate, param_groups, prepare_quantized_model  # noqa: E402
 from quant.prepare import quiet_mqbench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-USER_CONFIG = [Path("/work/shared/spec/seed_aba_config.yaml"), ROOT / "configfile" / "seed_aba.yaml"]
+USER_CONFIG = [ROOT.parent / "shared" / "spec" / "seed_aba_config.yaml", ROOT / "configfile" / "seed_aba.yaml"]
 W8A8_LSQ = {
     "weight": {"quantizer": "lsq", "observer": "MinMaxObserver", "bits": 8, "symmetric": True, "per_channel": True},
     "activation": {"quantizer": "lsq", "observer": "EMAMinMaxObserver", "bits": 8, "symmetric": False,

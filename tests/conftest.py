@@ -56,3 +56,16 @@ def sid_lists_dir() -> Path:
         if candidate and (Path(candidate) / "Sony_test_list.txt").is_file():
             return Path(candidate)
     pytest.skip("SID list files not found (set SID_LISTS_DIR)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """In-process tests use tiny tensors: a second intra-op thread only adds synchronisation, and on
+    a busy machine its barrier waits multiply the run time. Subprocesses (train.py, torchrun) keep
+    torch's default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,15 +14,6 @@ DEFAULT_LAYERS = ["DBLE.dual_conv9.lrelu_dup1", "DBF.DBF_conv9.lrelu_dup1"]
 WIDTH, SIZE = 0.25, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tensors here are tiny: a second intra-op thread only adds synchronisation, and on a busy
-    # machine its barrier waits multiply the run time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 LSQ_W8A8 = {
     "w_observer": "MinMaxObserver", "a_observer": "EMAMinMaxObserver",
     "w_fakequantize": "LearnableFakeQuantize", "a_fakequantize": "LearnableFakeQuantize",

@@ -22,16 +22,6 @@ from models.dbf_dble import DBFDBLE
 PROBES = 2000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tensors here are tiny: a second intra-op thread only adds synchronisation, and on a busy
-    # machine its barrier waits multiply the run time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Tiny(nn.Module):
     # Smooth after `act` (tanh + MSE) so the Hessian there is dense and non-trivial.
     def __init__(self):

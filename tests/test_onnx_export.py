@@ -33,15 +33,6 @@ SPECIAL = {  # one 10-bit quantizer of each kind the user's config produces
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Convolutions this small lose more to thread fan-out than they gain on a shared 2-core machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _inputs(batch, height, width, seed=3):
     return torch.rand(batch, 1, height, width, generator=torch.Generator().manual_seed(seed))
 

@@ -18,19 +18,13 @@ from quant.scheme import QuantSchemeConfig, extra_qconfig_dict
 from quant.special_layers import parse_special_layers
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED_CONFIG = Path("/work/shared/spec/seed_aba_config.yaml")
+SEED_CONFIG = ROOT.parent / "shared" / "spec" / "seed_aba_config.yaml"
 W4A4 = {"weight": {"bits": 4}, "activation": {"bits": 4}, "calibration_batches": 2}
 
 
 @pytest.fixture(autouse=True)
-def _threads_and_seed():
-    # One intra-op thread: these tensors are small, and on a shared 2-core machine a second OpenMP
-    # thread mostly spins waiting for the first.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(previous)
 
 
 def batches(n=2, size=64):
@@ -164,7 +158,7 @@ def test_special_layers_land_on_the_intended_quantizers():
     assert bits_of(modules["DBF.DBF_conv1.Conv1.weight_fake_quant"]) == 8
 
 
-@pytest.mark.skipif(not SEED_CONFIG.is_file(), reason="the user's config is in /work/shared/spec")
+@pytest.mark.skipif(not SEED_CONFIG.is_file(), reason="the user's config is in ../shared/spec")
 def test_users_special_layer_block_applies_as_it_is():
     special = yaml.safe_load(SEED_CONFIG.read_text())["extra_quantizer_dict"]["special_layer"]
     weightless = [name for name, entry in special.items() if name.split(".")[-1].startswith("lrelu") and "weight" in entry]
