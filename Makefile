@@ -27,6 +27,7 @@ bench: setup
 	$(PY) bench/qat_step.py
 	$(PY) bench/distill_step.py
 	$(PY) bench/onnx_latency.py
+	$(PY) bench/full_size_eval.py
 
 clean:
 	rm -rf results data/synthetic_sid

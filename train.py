@@ -257,7 +257,8 @@ def _run(config, resume, overwrite, ddp):
             row.update({"psnr": math.nan, "ssim": math.nan, "ssim_variant": config.val.ssim, "lr": lr})
             if epoch % config.val.every == 0 or epoch == epochs:
                 scores, per_image = evaluate(model, val_set, device, config.val.ssim, config.val.tile_size,
-                                             config.val.tile_overlap, description=f"validate {epoch}")
+                                             config.val.tile_overlap, description=f"validate {epoch}",
+                                             statistics_passes=config.val.tile_statistics_passes)
                 row.update(psnr=scores["psnr"], ssim=scores["ssim"])
             row["seconds"] = time.time() - started
 

@@ -72,7 +72,8 @@ def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=No
     out_dir = Path(out_dir or config.run_dir / f"{split}_results")
     save_images = config.output.save_images if save_images is None else save_images
     means, rows = evaluate(model, dataset, device, config.val.ssim, config.val.tile_size, config.val.tile_overlap,
-                           image_dir=out_dir / "images" if save_images else None, description=f"test ({split})")
+                           image_dir=out_dir / "images" if save_images else None, description=f"test ({split})",
+                           statistics_passes=config.val.tile_statistics_passes)
     report = {"split": split, "protocol": getattr(config.data, f"{split}_protocol", "all"), **means,
               "checkpoint": str(checkpoint_path)}
     if with_baseline:

@@ -100,6 +100,9 @@ class ValConfig(Section):
     ssim: Literal["skimage", "gaussian"] = "skimage"
     tile_size: Optional[int] = None  # null: whole frames; else tiles of this size (multiple of 32)
     tile_overlap: int = 32
+    # null: exact frame-wide channel-attention averages (4 short statistics passes + 1, see
+    # core/evaluate.py); 0: each tile averages over itself (one pass, about 0.03 dB off).
+    tile_statistics_passes: Optional[int] = None
 
     @field_validator("tile_size")
     @classmethod

@@ -100,8 +100,9 @@ def test_tiled_evaluation_runs_and_matches_whole_frame_closely(trained_run):
     a = json.loads((folder / "whole" / "summary.json").read_text())
     b = json.loads((folder / "tiled" / "summary.json").read_text())
     assert a["images"] == b["images"] > 0
-    # Channel attention pools over the whole input, so tiles differ slightly; they must stay close.
-    assert abs(a["psnr"] - b["psnr"]) < 1.0, (whole.stdout, tiled.stdout)
+    # Frame-wide channel-attention averages are gathered over all tiles; what is left is the context
+    # cut off at tile borders, small even with 64-pixel tiles on this tiny frame.
+    assert abs(a["psnr"] - b["psnr"]) < 0.05, (a["psnr"], b["psnr"])
 
 
 def test_rerun_refuses_to_destroy_earlier_results(trained_run):
