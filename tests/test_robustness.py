@@ -18,7 +18,11 @@ def test_kills_at_random_points_then_resume_end_like_an_uninterrupted_run(synthe
         folder.mkdir()
     settings = dict(schedule__epochs=4, schedule__iters_per_epoch=3)
     reference = write_run_config(reference_dir, synthetic_sid_root, **settings)
+    started = time.monotonic()
     run_cli("train.py", "--config", reference, cwd=reference_dir)
+    # Kill moments are drawn relative to how long a whole run takes on this machine, so they land
+    # inside the run (start-up, an epoch, validation or a checkpoint write) however fast it is.
+    whole_run = time.monotonic() - started
 
     killed = write_run_config(killed_dir, synthetic_sid_root, **settings)
     checkpoints = killed_dir / "results" / "tiny" / "checkpoints"
@@ -28,14 +32,15 @@ def test_kills_at_random_points_then_resume_end_like_an_uninterrupted_run(synthe
         resume = ["--resume"] if list(checkpoints.glob("latest_epoch*.pth")) else ["--overwrite"]
         process = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "train.py"), "--config", str(killed), *resume],
                                    cwd=killed_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(chooser.uniform(3.0, 12.0))  # past start-up, somewhere in training, validation or a write
+        time.sleep(chooser.uniform(0.2, 0.6) * whole_run)
         if process.poll() is not None:
-            break
+            break  # this attempt finished before its kill moment
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += 1
         if kills == 3:
             break
+    print(f"killed {kills} time(s); whole run {whole_run:.1f} s")
     assert kills >= 1, "the run always finished before a kill"
     if not list(checkpoints.glob("latest_epoch0004.pth")):
         resume = ["--resume"] if list(checkpoints.glob("latest_epoch*.pth")) else ["--overwrite"]
