@@ -16,6 +16,7 @@ on re-run, and an interrupted one resumes from its latest checkpoint, so a kille
 where it stopped. The sweep ends with summary.csv, summary.md and PNG plots in results/<sweep>/.
 """
 import argparse
+import io
 import itertools
 import json
 import math
@@ -27,9 +28,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-import core.runner
-from core.config import ConfigError, _apply_override, _load_with_bases, load_config
-from core.files import read_csv, write_csv_atomic, write_text_atomic
+from core.config import ConfigError, apply_override, load_with_bases, load_config
+from core.files import read_csv, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from core.records import format_table
 from core.runner import run_entry_point
 
@@ -96,9 +96,9 @@ def expand(sweep: SweepConfig) -> list[dict]:
 
 
 def load_sweep(path, overrides=()) -> SweepConfig:
-    raw = _load_with_bases(Path(path))
+    raw = load_with_bases(Path(path))
     for assignment in overrides:
-        _apply_override(raw, assignment)
+        apply_override(raw, assignment)
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as error:
@@ -171,10 +171,8 @@ def summarise(sweep: SweepConfig, variants: list[dict], results_dir: Path) -> li
 
 def _plot(sweep, variants, rows, results_dir: Path) -> None:
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display: plots only go to files
     import matplotlib.pyplot as plt
-    from core.files import write_bytes_atomic
-    import io
 
     def save(figure, name):
         buffer = io.BytesIO()

@@ -14,7 +14,6 @@ OMP_WAIT_POLICY is set (see below).
 """
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.files import write_text_atomic  # noqa: E402
 from distill import DistillationLoss, FeatureTaps, check_same_architecture, prepare_teacher  # noqa: E402
 from models.dbf_dble import DBFDBLE  # noqa: E402
+from quant import calibrate, prepare_quantized_model  # noqa: E402
 
 DEFAULT_LAYERS = "DBLE.dual_conv9.lrelu_dup1,DBF.DBF_conv9.lrelu_dup1"
 W8A8_LSQ = {
@@ -45,28 +45,10 @@ W8A8_LSQ = {
 
 
 def quantized_student(model, batch):
-    """The project's prepare when it is there (what train.py uses); MQBench's own otherwise."""
-    try:
-        from quant.prepare import calibrate, prepare_quantized_model
-    except ImportError:
-        prepare_quantized_model = None
-    if prepare_quantized_model is not None:
-        student = prepare_quantized_model(model, W8A8_LSQ)
-        calibrate(student, [batch])
-        return student, "quant.prepare_quantized_model"
-    from mqbench.prepare_by_platform import BackendType, prepare_by_platform
-    from mqbench.utils.state import enable_calibration, enable_quantization
-    logging.getLogger("MQBENCH").setLevel(logging.WARNING)
-    student = prepare_by_platform(model, BackendType.Academic, {"extra_qconfig_dict": {
-        "w_observer": "MinMaxObserver", "a_observer": "EMAMinMaxObserver",
-        "w_fakequantize": "LearnableFakeQuantize", "a_fakequantize": "LearnableFakeQuantize",
-        "w_qscheme": {"bit": 8, "symmetry": True, "per_channel": True, "pot_scale": False},
-        "a_qscheme": {"bit": 8, "symmetry": False, "per_channel": False, "pot_scale": False}}})
-    enable_calibration(student)
-    with torch.no_grad():
-        student(batch)
-    enable_quantization(student)
-    return student, "mqbench.prepare_by_platform"
+    """The student exactly as train.py prepares it."""
+    student = prepare_quantized_model(model, W8A8_LSQ)
+    calibrate(student, [batch])
+    return student, "quant.prepare_quantized_model"
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ from core.metrics import psnr, ssim
 from core.records import format_table
 from core.setup import build_eval_dataset, build_float_model, ensure_data, resolve_device
 from data.sid import develop_short_exposure_baseline
+from models import input_kind
 
 
 def default_checkpoint(config: Config) -> Path:
@@ -67,8 +68,7 @@ def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=No
     device = device or resolve_device(config)
     ensure_data(config)
     model = load_network(config, checkpoint_path, device)
-    dataset = build_eval_dataset(config, split, model.input_kind if hasattr(model, "input_kind")
-                                 else build_float_model(config).input_kind)
+    dataset = build_eval_dataset(config, split, input_kind(config.model.name))
     out_dir = Path(out_dir or config.run_dir / f"{split}_results")
     save_images = config.output.save_images if save_images is None else save_images
     means, rows = evaluate(model, dataset, device, config.val.ssim, config.val.tile_size, config.val.tile_overlap,

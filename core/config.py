@@ -239,18 +239,18 @@ def _resolve_base(name: str, including: Path) -> Path:
     raise ConfigError(f"config_file_path in {including}: file not found: {name}")
 
 
-def _load_with_bases(path: Path, seen: tuple = ()) -> dict:
+def load_with_bases(path: Path, seen: tuple = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"config_file_path: {path} includes itself (cycle {' -> '.join(map(str, seen))})")
     raw = _read_yaml(path)
     bases = raw.get("config_file_path") or []
     merged: dict = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        merged = _merge(merged, _load_with_bases(_resolve_base(base, path), seen + (path.resolve(),)))
+        merged = _merge(merged, load_with_bases(_resolve_base(base, path), seen + (path.resolve(),)))
     return _merge(merged, raw)
 
 
-def _apply_override(raw: dict, assignment) -> None:
+def apply_override(raw: dict, assignment) -> None:
     """`assignment` is 'dotted.key=yaml value' (command line) or a (dotted key, value) pair (sweeps)."""
     if isinstance(assignment, tuple):
         dotted, value = assignment
@@ -301,9 +301,9 @@ def _one_line(error: ValidationError, source: str) -> str:
 def load_config(path, overrides=(), check_files=True) -> Config:
     """Read `path` on top of its `config_file_path` bases, apply `key=value` overrides, validate."""
     path = Path(path)
-    raw = _load_with_bases(path)
+    raw = load_with_bases(path)
     for assignment in overrides:
-        _apply_override(raw, assignment)
+        apply_override(raw, assignment)
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:

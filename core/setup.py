@@ -9,7 +9,7 @@ from core.config import Config, ConfigError
 from data.raw_cache import RawCache
 from data.sid import SIDEvalDataset, SIDTrainDataset, prepare_split
 from data.synthetic import generate_synthetic_sid
-from models import build_model
+from models import build_model, input_kind as network_input_kind
 from models.weights import load_weights
 
 
@@ -82,7 +82,7 @@ def build_eval_dataset(config: Config, split: str, input_kind: str):
 
 def build_eval_batches(config: Config, split: str = "val", count: int = 4, input_kind=None):
     """A few full-frame batches (batch size 1) for calibration-free tools such as the Hessian ranking."""
-    input_kind = input_kind or build_model(config.model.name, config.model.width).input_kind
+    input_kind = input_kind or network_input_kind(config.model.name)
     dataset = build_eval_dataset(config, split, input_kind)
     return [{k: (v.unsqueeze(0) if torch.is_tensor(v) else v) for k, v in dataset[i].items()}
             for i in range(min(count, len(dataset)))]

@@ -11,6 +11,11 @@ def build_model(name: str, width: float = 1.0):
     return MODELS[name](width=width)
 
 
+def input_kind(name: str) -> str:
+    """'mosaic' or 'packed': what the data loader must give the network, without building it."""
+    return MODELS[name].input_kind
+
+
 def split_outputs(outputs):
     """(mono or None, rgb) whatever the network returns: DBF/DBLE gives both, the U-Net RGB only."""
     if isinstance(outputs, (tuple, list)):
