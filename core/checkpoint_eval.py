@@ -69,9 +69,9 @@ def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=No
     device = device or resolve_device(config)
     out_dir = Path(out_dir or config.run_dir / f"{split}_results")
     check_writable(out_dir)  # before the evaluation, not after it
+    model = load_network(config, checkpoint_path, device)
     ensure_data(config)
     check_split_lists(config, (split,))
-    model = load_network(config, checkpoint_path, device)
     dataset = build_eval_dataset(config, split, input_kind(config.model.name))
     save_images = config.output.save_images if save_images is None else save_images
     means, rows = evaluate(model, dataset, device, config.val.ssim, config.val.tile_size, config.val.tile_overlap,
