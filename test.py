@@ -11,10 +11,8 @@ Without --checkpoint it takes the run's best checkpoint (then its latest, then l
 """
 import argparse
 import sys
-from pathlib import Path
 
-from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint
-from core.config import ConfigError
+from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint, evaluation_folder
 from core.runner import load_entry_config, run_entry_point
 
 
@@ -37,10 +35,8 @@ def main(argv=None):
     if args.tile_overlap is not None:
         overrides.append(f"val.tile_overlap={args.tile_overlap}")
     config = load_entry_config(args.config, overrides, check_files=False)
-    checkpoint = Path(args.checkpoint or default_checkpoint(config))
-    out_dir = Path(args.out) if args.out else config.run_dir / f"eval_{args.split}_{checkpoint.stem}"
-    if (out_dir / "summary.json").exists() and not args.overwrite:
-        raise ConfigError(f"{out_dir} already holds an evaluation; pass --overwrite to replace it or --out FOLDER")
+    checkpoint = args.checkpoint or default_checkpoint(config)
+    out_dir = evaluation_folder(config, args.split, checkpoint, args.out, args.overwrite)
     return evaluate_checkpoint(config, checkpoint, split=args.split, with_baseline=args.baseline,
                                save_images=args.save_images or None, out_dir=out_dir)
 

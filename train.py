@@ -364,8 +364,10 @@ def main(argv=None):
     config = load_entry_config(args.config, args.set)
     print(dump_config(config))
     if config.test:
-        from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint
-        evaluate_checkpoint(config, default_checkpoint(config), split="test", with_baseline=True)
+        from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint, evaluation_folder
+        checkpoint = default_checkpoint(config)
+        evaluate_checkpoint(config, checkpoint, split="test", with_baseline=True,
+                            out_dir=evaluation_folder(config, "test", checkpoint, overwrite=args.overwrite))
         return None
     return run(config, resume=args.resume, overwrite=args.overwrite)
 

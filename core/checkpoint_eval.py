@@ -33,6 +33,15 @@ def default_checkpoint(config: Config) -> Path:
                       "(pass --checkpoint PATH)")
 
 
+def evaluation_folder(config: Config, split: str, checkpoint_path, out_dir=None, overwrite=False) -> Path:
+    """Where a stand-alone evaluation goes: `--out`, else `eval_<split>_<checkpoint name>/` in the run
+    folder, never the training run's own test_results/. An earlier evaluation is kept unless `overwrite`."""
+    out_dir = Path(out_dir) if out_dir else config.run_dir / f"eval_{split}_{Path(checkpoint_path).stem}"
+    if (out_dir / "summary.json").exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already holds an evaluation; pass --overwrite to replace it or --out FOLDER")
+    return out_dir
+
+
 def load_network(config: Config, checkpoint_path, device):
     """The network stored in `checkpoint_path`: ours (float or quantized) or plain/authors' weights."""
     checkpoint_path = Path(checkpoint_path)
