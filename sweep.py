@@ -63,12 +63,13 @@ class SweepConfig(BaseModel):
 
 
 def _label(value) -> str:
+    """A swept value as text, in full: a results table must never shorten `DBF.DBF_conv9.lrelu_dup1`
+    or `w4_start_end_kd0.1`. A mapping is named by its keys (its values are in the variant's config.yaml)."""
     if isinstance(value, list):
         return ",".join(_label(v) for v in value)
     if isinstance(value, dict):
         return "+".join(f"{k}" for k in value)
-    text = str(value)
-    return text.rsplit(".", 1)[-1] if "." in text and not re.fullmatch(r"[\d.e+-]+", text) else text
+    return str(value)
 
 
 def _variant_name(named: Optional[Variant], point: dict) -> str:
@@ -150,7 +151,8 @@ def summarise(sweep: SweepConfig, variants: list[dict], results_dir: Path) -> li
         if not summary_path.exists():
             continue
         summary = json.loads(summary_path.read_text())
-        row = {"variant": variant["name"], **{k: _label(v) for k, v in variant["swept"].items()},
+        swept = {k: _label(v) for k, v in variant["swept"].items() if k != "variant"}
+        row = {"variant": variant["name"], **swept,
                "best_val_psnr": summary.get("best_val_psnr"), "best_epoch": summary.get("best_epoch"),
                "test_psnr": summary.get("test_psnr"), "test_ssim": summary.get("test_ssim"),
                "ssim_variant": summary.get("test_ssim_variant")}
