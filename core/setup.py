@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from core.config import Config, ConfigError
 from data.raw_cache import RawCache
-from data.sid import SIDEvalDataset, SIDTrainDataset, prepare_split
+from data.sid import (SIDEvalDataset, SIDTrainDataset, prepare_split, read_list, resolve_list_file,
+                      select_training_pairs)
 from data.synthetic import generate_synthetic_sid
 from models import build_model, input_kind as network_input_kind
 from models.weights import load_weights
@@ -51,6 +52,8 @@ def _cache(config: Config) -> RawCache:
 
 def split_pairs(config: Config, split: str):
     data = config.data
+    if split == "train" and data.train_protocol != "all":
+        return _protocol_training_pairs(config)
     list_name, protocol, limit = {
         # Training uses every pair; misaligned scenes are a metrics concern only.
         "train": (data.train_list, "all", data.max_train_pairs),
@@ -59,6 +62,18 @@ def split_pairs(config: Config, split: str):
     }[split]
     exclude = data.exclude_misaligned and split != "train"
     return prepare_split(data.root, list_name, protocol, exclude, _cache_dir(config), data.decode_workers, limit)
+
+
+def _protocol_training_pairs(config: Config):
+    """Training pairs drawn from more than the train list (data.train_protocol: dble), decoded into the cache."""
+    data = config.data
+    lists = [read_list(resolve_list_file(data.root, name), data.root) for name in (data.train_list, data.val_list)]
+    pairs = select_training_pairs(*lists, data.train_protocol)[:data.max_train_pairs]
+    if not pairs:
+        raise ConfigError(f"data.train_protocol: {data.train_protocol} selects no pair from {data.train_list} and "
+                          f"{data.val_list} under {data.root}; use train_protocol: all")
+    _cache(config).build([p.short_path for p in pairs], [p.long_path for p in pairs], workers=data.decode_workers)
+    return pairs
 
 
 def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0, world_size: int = 1):
