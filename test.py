@@ -3,7 +3,9 @@
     python test.py --config configfile/demo_fp.yaml [--checkpoint PATH] [--split test|val]
                    [--tile-size 512 --tile-overlap 32] [--save-images] [--set key=value ...]
 
-Writes per_image.csv (file, ratio, PSNR, SSIM) and summary.json under results/<experiment>/<split>_results/.
+Writes per_image.csv (file, ratio, PSNR, SSIM, mono PSNR/SSIM) and summary.json (overall and per
+exposure ratio: psnr_x100, ...) under results/<experiment>/<split>_results/; both, and the printed
+table, name the metric mode (`val.metric_precision`) and the SSIM variant (`val.ssim`).
 Without --checkpoint it takes the run's best checkpoint (then its latest, then load_model).
 `--tile-size` evaluates full 4256x2848 frames in bounded memory.
 """
