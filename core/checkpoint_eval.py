@@ -91,12 +91,12 @@ def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=No
     print(f"\n{split} split, protocol {report['protocol']}, {means['images']} images, checkpoint {checkpoint_path}")
     print(f"metric: {precision} images, SSIM {variant}" +
           (" (the DBF/DBLE authors' uint8 truncation)" if precision == "uint8" else ""))
-    print(format_table(*_report_table(report, rows, with_baseline)))
+    print(format_table(*_report_table(report, with_baseline)))
     print(f"per-image results: {out_dir / 'per_image.csv'}")
     return report
 
 
-def _report_table(report, rows, with_baseline):
+def _report_table(report, with_baseline):
     """One line per method: overall PSNR/SSIM (mono beside RGB when the network has a mono head), then
     PSNR per exposure ratio."""
     ratios = [key.removeprefix("images_") for key in report if key.startswith("images_")]

@@ -87,33 +87,27 @@ def paired_difference(variant_images: dict, reference_images: dict, key: str = "
 
     `variant_images` / `reference_images`: {seed: per-image rows (with `file` and `key`)}. Only seeds
     and files present in both count. See the module docstring for the statistic."""
-    per_seed, all_differences = [], []
+    paired_by_seed = []  # per seed: [(variant value, reference value)] over the images both scored
     for seed in sorted(set(variant_images) & set(reference_images), key=str):
         reference = {row["file"]: float(row[key]) for row in reference_images[seed]}
-        differences = [float(row[key]) - reference[row["file"]] for row in variant_images[seed]
-                       if row["file"] in reference]
-        if differences:
-            per_seed.append(float(np.mean(differences)))
-            all_differences += differences
-    result = {"difference": math.nan, "ci_low": math.nan, "ci_high": math.nan, "ci_over": "", "pairs": 0}
-    if not all_differences:
+        paired = [(float(row[key]), reference[row["file"]]) for row in variant_images[seed] if row["file"] in reference]
+        if paired:
+            paired_by_seed.append(paired)
+    per_seed = [float(np.mean([a - b for a, b in paired])) for paired in paired_by_seed]
+    pairs = sum(len(paired) for paired in paired_by_seed)
+    result = {"difference": math.nan, "ci_low": math.nan, "ci_high": math.nan, "ci_over": "", "pairs": pairs}
+    if not per_seed:
         return result
-    result.update(difference=float(np.mean(per_seed)), pairs=len(all_differences))
+    result["difference"] = float(np.mean(per_seed))
     if len(per_seed) >= 2:
         interval = stats.ttest_1samp(per_seed, 0.0).confidence_interval(CONFIDENCE)
         result["ci_over"] = f"{len(per_seed)} seeds"
-    elif len(all_differences) >= 2:
-        seed = next(s for s in variant_images if s in reference_images)
-        reference = {row["file"]: float(row[key]) for row in reference_images[seed]}
-        paired = [(float(row[key]), reference[row["file"]]) for row in variant_images[seed] if row["file"] in reference]
-        interval = stats.ttest_rel(*zip(*paired)).confidence_interval(CONFIDENCE)
-        result["ci_over"] = f"{len(paired)} images, 1 seed"
+    elif pairs >= 2:
+        interval = stats.ttest_rel(*zip(*paired_by_seed[0])).confidence_interval(CONFIDENCE)
+        result["ci_over"] = f"{pairs} images, 1 seed"
     else:
         return result
-    low, high = float(interval.low), float(interval.high)
-    if math.isnan(low):  # identical differences everywhere: no spread, the interval is the point
-        low = high = result["difference"]
-    result.update(ci_low=low, ci_high=high)
+    result.update(ci_low=float(interval.low), ci_high=float(interval.high))
     return result
 
 
