@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.config import ConfigError, apply_override, load_with_bases, load_config
 from core.files import write_csv_atomic, write_text_atomic
@@ -48,6 +48,15 @@ class Variant(BaseModel):
     name: str
     set: dict[str, Any] = Field(default_factory=dict)
     reference: Optional[str] = None  # the variant this one is read against (default: the sweep's)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, value):
+        # The name is the results folder and the table label, and must be both unchanged.
+        if not re.fullmatch(r"[A-Za-z0-9_.,=+-]+", value) or "__" in value:
+            raise ValueError("a variant name may hold only letters, digits and _ . , = + - (no '__', which "
+                             "separates swept keys), so that it names its folder exactly")
+        return value
 
 
 class SlurmSettings(BaseModel):
@@ -85,10 +94,11 @@ def _label(value) -> str:
 
 
 def _variant_name(named: Optional[Variant], point: dict) -> str:
-    parts = [named.name] if named else []
-    parts += [f"{key.rsplit('.', 1)[-1]}={_label(value)}" for key, value in point.items()]
-    name = "__".join(parts) or "base"
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "-", name)
+    # Swept values may hold characters a folder name cannot (a path's '/'): those become '-' in the
+    # name; the value columns of the summary keep the full text.
+    parts = [re.sub(r"[^A-Za-z0-9_.,=+-]", "-", f"{key.rsplit('.', 1)[-1]}={_label(value)}")
+             for key, value in point.items()]
+    return "__".join(([named.name] if named else []) + parts) or "base"
 
 
 def expand(sweep: SweepConfig) -> list[dict]:
@@ -136,7 +146,7 @@ def load_sweep(path, overrides=()) -> SweepConfig:
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: sweep key '{key}': {first['msg']}") from None
+        raise ConfigError(f"{path}: sweep key '{key}': {first['msg'].removeprefix('Value error, ')}") from None
     sweep.name = sweep.name or Path(path).stem
     return sweep
 

@@ -44,12 +44,16 @@ def test_difference_interval_is_the_t_interval_of_per_seed_paired_means():
     assert noisy["ci_low"] < 0 < noisy["ci_high"] and distinguishable(noisy) == "no"
 
 
-def test_reference_must_name_a_variant(tmp_path):
+def test_reference_must_name_a_variant_and_names_are_kept_exactly(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"base": "b.yaml", "reference": "w4_start_end_kd0.",
                                     "variants": [{"name": "w4_start_end_kd0.1"}, {"name": "w4_start_end"}]}))
     with pytest.raises(ValueError, match="reference 'w4_start_end_kd0.' is not a variant of this sweep; did you mean"):
         expand(load_sweep(path))
+    # A name is never rewritten to fit a folder: one that cannot be a folder name is refused.
+    path.write_text(yaml.safe_dump({"base": "b.yaml", "variants": [{"name": "w4 start/end"}]}))
+    with pytest.raises(ValueError, match="sweep key 'variants.0.name': a variant name may hold only"):
+        load_sweep(path)
 
 
 def test_two_seed_sweep_writes_means_std_and_exact_names(synthetic_sid_root, tmp_path):
