@@ -235,7 +235,7 @@ def _plus_minus(row, key, digits=2) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
-def _difference_text(row, metric="psnr", digits=2) -> str:
+def _difference_text(row, metric="psnr", digits=3) -> str:
     if f"d_test_{metric}" not in row or math.isnan(row[f"d_test_{metric}"]):
         return ""
     low, high = row[f"d_test_{metric}_ci_low"], row[f"d_test_{metric}_ci_high"]
