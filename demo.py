@@ -29,15 +29,15 @@ def main(argv):
     print("\n=== 2/3 W8A8 QAT without / with distillation (configfile/demo_sweep.yaml)")
     demo_sweep = sweep.load_sweep("configfile/demo_sweep.yaml")
     # A re-run of the demo trains its variants again, from the teacher just trained.
-    shutil.rmtree(Path("results", demo_sweep.name), ignore_errors=True)
+    shutil.rmtree(sweep.sweep_results_dir(demo_sweep), ignore_errors=True)
     rows = sweep.run_sweep(demo_sweep)
 
     print("\n=== 3/3 ONNX export of the best quantized model")
     best = rows[0]
-    variant_dir = Path("results", demo_sweep.name, best["variant"])
+    variant_dir = sweep.sweep_results_dir(demo_sweep) / best["variant"]
     summary = json.loads((variant_dir / "summary.json").read_text())
     variant_config = load_config(variant_dir / "config.yaml", check_files=False)
-    export_run(variant_config, summary["checkpoint"], Path("onnx") / "demo_w8a8")
+    export_run(variant_config, summary["checkpoint"], variant_config.artifacts_dir / "demo_w8a8")
 
     print("\n=== demo summary (test split, SSIM variant: skimage)")
     table = [{"model": "naive baseline (amplified short exposure)", "PSNR (dB)": teacher["test_baseline_psnr"],

@@ -145,7 +145,7 @@ def load_sweep(path, overrides=()) -> SweepConfig:
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"{path}: sweep {validation_error_line(error, SweepConfig)}") from None
+        raise ConfigError(f"{path}: {validation_error_line(error, SweepConfig, noun='sweep key', show_input=False)}") from None
     sweep.name = sweep.name or Path(path).stem
     return sweep
 
@@ -278,10 +278,15 @@ def _markdown(sweep: SweepConfig, rows: list[dict]) -> str:
             f"(best_val_psnr). Metric: {mode} images, SSIM variant: {variant}.{note}\n\n" + "\n".join(lines) + "\n")
 
 
+def sweep_results_dir(sweep: SweepConfig) -> Path:
+    """`<output.results_dir of the base config>/<sweep name>`: the sweep honours the base's results root."""
+    return Path(load_config(sweep.base, check_files=False).output.results_dir) / sweep.name
+
+
 def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None) -> list[dict]:
     variants = expand(sweep)
     runs = expand_runs(sweep, variants)
-    configs = [variant_config(sweep, run, Path("results") / sweep.name) for run in runs]  # every error up front
+    configs = [variant_config(sweep, run, sweep_results_dir(sweep)) for run in runs]  # every error up front
     results_dir = configs[0].run_dir.parent
     results_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(results_dir / "sweep.yaml", yaml.safe_dump(sweep.model_dump(), sort_keys=False))

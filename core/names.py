@@ -53,7 +53,7 @@ def fields_at(model: type[BaseModel], location: tuple) -> list[str]:
 
 
 def validation_error_line(error: ValidationError, model: type[BaseModel], prefix: str = "",
-                          show_input: bool = True) -> str:
+                          show_input: bool = True, noun: str = "config key") -> str:
     """The first error of a ValidationError as one line naming the dotted key; an unknown key gets the
     nearest valid one. `prefix` is prepended to the key (e.g. 'quant_scheme')."""
     first = error.errors()[0]
@@ -64,16 +64,16 @@ def validation_error_line(error: ValidationError, model: type[BaseModel], prefix
         close = nearest(location[-1], valid)
         parent = ((prefix,) if prefix else ()) + location[:-1]
         hint = f"did you mean '{'.'.join(parent + (close[0],))}'?" if close else f"valid keys here: {', '.join(valid)}"
-        return f"unknown config key '{key}'; {hint}"
+        return f"unknown {noun} '{key}'; {hint}"
     message = first["msg"].removeprefix("Value error, ")
     if not location and not prefix:
         return message
     if not show_input:
-        return f"config key '{key}': {message}"
+        return f"{noun} '{key}': {message}"
     shown = repr(first.get("input"))
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return f"config key '{key}': {message} (got {shown})"
+    return f"{noun} '{key}': {message} (got {shown})"
 
 
 def optional_hint(close: Optional[list[str]], label: str = "nearest") -> str:

@@ -13,6 +13,7 @@ lowlight-qat before this change held NumPy RNG state; `convert_checkpoint.py` re
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -29,7 +30,11 @@ class CheckpointError(ValueError):
 
 
 def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
+    """The line that says what went wrong: torch's weights-only refusals open with boilerplate (which
+    even suggests unsafe loading) and close with a documentation link; the reason lies in between."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue"))]
     return lines[0] if lines else type(error).__name__
 
 
@@ -58,9 +63,14 @@ def load_torch_file(path, what: str = "checkpoint"):
             raise CheckpointError(f"{what} {path}: not a readable safetensors file ({_first_line(error)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        found = unsafe_globals(path)
-        if found and set(found) <= _OLD_HARNESS_GLOBALS:
+    except pickle.UnpicklingError as error:
+        # The refused names: from the archive's pickle (read, not run) or, for a legacy raw pickle, from
+        # the loader's own message. Neither means the bytes are no pickle at all: a damaged file.
+        found = unsafe_globals(path) or re.findall(r"GLOBAL ([\w.]+)", str(error))
+        if not found:
+            raise CheckpointError(f"{what} {path}: not a readable torch file, truncated or damaged "
+                                  f"({_first_line(error)})") from None
+        if set(found) <= _OLD_HARNESS_GLOBALS:
             raise CheckpointError(f"{what} {path} was written by an older lowlight-qat (NumPy RNG state); convert it "
                                   f"once with: {CONVERTER} {path} --trust") from None
         named = f" ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" if found else ""

@@ -21,7 +21,7 @@ def export_run(config, checkpoint_path, out_dir=None, height: Optional[int] = No
     """
     from core.checkpoint_eval import load_network
 
-    out_dir = Path(out_dir) if out_dir is not None else Path("onnx") / config.experiment
+    out_dir = Path(out_dir) if out_dir is not None else config.artifacts_dir / config.experiment
     model = load_network(config, checkpoint_path, torch.device("cpu"))
     example_hw = (height or config.onnx_export.height, width or config.onnx_export.width)
     source = {"experiment": config.experiment, "checkpoint": str(checkpoint_path),

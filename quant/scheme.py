@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mqbench.prepare_by_platform import FakeQuantizeDict, ObserverDict
 
-from core.names import unknown_choice, validation_error_line
+from core.names import fields_at, unknown_choice
 
 # Short names of the field mapped to MQBench's class names.
 QUANTIZER_ALIASES = {
@@ -202,8 +202,15 @@ def extra_qconfig_dict(scheme: QuantSchemeConfig, weight_qscheme: Optional[dict]
 
 
 def one_line_error(error: ValidationError, model=None, where: str = "quant_scheme") -> str:
-    """The first error of a pydantic ValidationError as one line naming `where.key`."""
-    return validation_error_line(error, model or QuantSchemeConfig, where, show_input=False)
+    """The first error of a pydantic ValidationError as `where.key: message`, with a suggestion for an
+    unknown key. (This section is also parsed on its own, e.g. from a scheme file, so its messages lead
+    with the key rather than the config file.)"""
+    first = error.errors()[0]
+    location = tuple(str(part) for part in first["loc"])
+    key = ".".join((where,) + location) if where else ".".join(location)
+    if first["type"] == "extra_forbidden":
+        return f"{key}: {unknown_choice(location[-1], fields_at(model or QuantSchemeConfig, location[:-1]), 'key ')}"
+    return f"{key}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def parse_quant_scheme(data: Any, where: str = "quant_scheme") -> QuantSchemeConfig:

@@ -1,11 +1,10 @@
 """The networks users load published weights into: exact parameter counts, the authors' key
 names, strict loading with readable mismatch errors, and torch.fx tracing (MQBench needs it)."""
+import pytest
 import torch
+import torch.fx
 
 from core.safe_load import CheckpointError
-import torch.fx
-import pytest
-
 from models import build_model, split_outputs
 from models.weights import WeightsError, load_weights
 

@@ -64,7 +64,7 @@ def test_quantized_checkpoint_reproduces_its_psnr_in_test_py(seed_run):
     assert saved["quantized"] is True
     run_cli("test.py", "--config", seed, "--checkpoint", best, "--split", "val",
             *[a for o in data for a in ("--set", o)])
-    report = json.loads((run_dir / "val_results" / "summary.json").read_text())
+    report = json.loads((run_dir / f"eval_val_{best.stem}" / "summary.json").read_text())
     assert report["psnr"] == pytest.approx(saved["psnr"], abs=1e-4)
 
 
