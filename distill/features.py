@@ -34,6 +34,8 @@ from torch.ao.quantization import FakeQuantizeBase
 from torch.ao.quantization.observer import ObserverBase
 from torch.fx import GraphModule
 
+from models.tracing import explain_trace_failure
+
 # The activation modules whose outputs are the default candidates for the Hessian ranking.
 ACTIVATION_TYPES = (nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU,
                     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish)
@@ -82,7 +84,8 @@ def trace_for_features(model, freeze=False):
     if isinstance(model, GraphModule) and not _reused_call_targets(model.graph):
         graph_module = model
     else:
-        graph = _mqbench_tracer().trace(model)
+        with explain_trace_failure(model):
+            graph = _mqbench_tracer().trace(model)
         root = dict(model.named_modules())
         calls = {}
         for node in graph.nodes:

@@ -82,6 +82,7 @@ from mqbench.prepare_by_platform import BackendType, get_qconfig_by_platform, pr
 from mqbench.utils.logger import logger as mqbench_logger
 from mqbench.utils.state import enable_calibration, enable_quantization
 
+from models.tracing import explain_trace_failure
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
 from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
 
@@ -390,7 +391,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     if scheme.activation.fake_quantize_class == "DoReFaFakeQuantize":
         warnings.warn("quant_scheme.activation.quantizer: MQBench's DoReFa quantizer normalises its input "
                       "with tanh (the DoReFa weight transform); activations lose their scale", stacklevel=2)
-    with quiet_mqbench():
+    with quiet_mqbench(), explain_trace_failure(model):
         prepared = prepare_by_platform(model, BackendType.Academic, {
             "extra_qconfig_dict": extra_qconfig_dict(scheme),
             "extra_quantizer_dict": extra_quantizer,
@@ -411,6 +412,9 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     # Read by calibrate() and param_groups(); plain attributes, not part of the state dict.
     prepared.quant_scheme = scheme
     prepared.special_layers = special
+    for declared in ("input_kind", "outputs"):  # the network contract (models/contract.py), lost by tracing
+        if hasattr(model, declared):
+            setattr(prepared, declared, getattr(model, declared))
     return prepared
 
 
