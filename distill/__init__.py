@@ -14,9 +14,10 @@ Typical use in quantization-aware training:
 from distill.features import (FeatureTaps, activation_layer_names, called_module_names, check_same_architecture,
                               merge_layer_names, prepare_teacher, trace_for_features)
 from distill.loss import FEATURE_LOSS_KINDS, DistillationLoss, feature_distance
+from distill.attach import Distillation
 from distill.hessian import LayerTrace, hessian_trace_per_layer, rank_layers, write_ranking
 
-__all__ = ["FeatureTaps", "activation_layer_names", "called_module_names", "check_same_architecture",
+__all__ = ["Distillation", "FeatureTaps", "activation_layer_names", "called_module_names", "check_same_architecture",
            "merge_layer_names", "prepare_teacher", "trace_for_features", "FEATURE_LOSS_KINDS",
            "DistillationLoss", "feature_distance", "LayerTrace", "hessian_trace_per_layer", "rank_layers",
            "write_ranking"]

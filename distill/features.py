@@ -222,9 +222,11 @@ class FeatureTaps:
                 raise ValueError(f"{role}: no layer {name!r}{hint}; nearest: {_nearest(name, callable_names)}")
             tap = self._quantizer_reading(graph, modules, name) if (graph is not None and after_fake_quantizer) else None
             self.tap_points[name] = tap or name
-            self._handles.append(modules[self.tap_points[name]].register_forward_hook(self._recorder(name)))
+            tapped = modules[self.tap_points[name]]
+            self._handles.append(tapped.register_forward_hook(self._recorder(name, tapped)))
         # A new forward starts: forget the previous one so a stale tensor is never compared.
-        self._handles.append(model.register_forward_pre_hook(lambda module, args: self.outputs.clear()))
+        self._handles.append(model.register_forward_pre_hook(
+            lambda module, args: self.outputs.clear() if module is model else None))
 
     @staticmethod
     def _quantizer_reading(graph, modules, name):
@@ -237,8 +239,10 @@ class FeatureTaps:
                 return None
         return None
 
-    def _recorder(self, name):
+    def _recorder(self, name, tapped):
         def record(module, args, output):
+            if module is not tapped:
+                return  # a deep copy of the model (the ONNX exporter makes one) carries the hooks along
             if name in self.outputs:
                 raise RuntimeError(f"{self.role}: layer {name!r} ran twice in one forward; its calls need "
                                    "separate names (trace the model with trace_for_features)")
