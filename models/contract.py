@@ -39,7 +39,8 @@ def check_declared(network_class: type, where: str) -> None:
         raise ValueError(f"{_prefix(where)}{name} declares no input_kind; add the class attribute "
                          f"input_kind = 'mosaic' (B,1,H,W) or 'packed' (B,4,H/2,W/2) (see models/contract.py)")
     if kind not in INPUT_KINDS:
-        raise ValueError(f"{_prefix(where)}{name}.input_kind is {kind!r}; use 'mosaic' or 'packed' (see models/contract.py)")
+        raise ValueError(f"{_prefix(where)}{name}.input_kind is {kind!r}; use 'mosaic' or 'packed' "
+                         "(see models/contract.py)")
     outputs = getattr(network_class, "outputs", None)
     if outputs is None:
         raise ValueError(f"{_prefix(where)}{name} declares no outputs; add the class attribute outputs = ('rgb',) "

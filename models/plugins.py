@@ -58,7 +58,8 @@ def _import(module_path: str, where: str):
                          f"{_hint(leaf, _submodules(parent or None))}") from None
     except Exception as error:  # noqa: BLE001 - the user's module failed while loading: say which
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"{_prefix(where)}importing {module_path} failed ({type(error).__name__}: {message})") from None
+        raise ValueError(f"{_prefix(where)}importing {module_path} failed "
+                         f"({type(error).__name__}: {message})") from None
 
 
 def network_classes(module) -> list[str]:

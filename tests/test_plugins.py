@@ -85,7 +85,8 @@ def test_bad_import_paths_name_the_nearest_module_or_class(tmp_path):
             load_config(config, [f"model.name={name}"], check_files=False)
         assert "config key 'model.name'" in str(error.value) and message in str(error.value)
         assert "\n" not in str(error.value)
-    with pytest.raises(ConfigError, match=r"'model.kwargs': TinyRawNet has no argument 'chanels'; did you mean 'channels'"):
+    typo = r"'model.kwargs': TinyRawNet has no argument 'chanels'; did you mean 'channels'"
+    with pytest.raises(ConfigError, match=typo):
         load_config(config, [f"model.name={PLUGIN}", "model.width=1.0", "model.kwargs={chanels: 8}"], check_files=False)
 
 
