@@ -16,9 +16,10 @@ import torch.nn as nn
 SEPARATOR = ":"
 
 
-def nearest(name, choices, count=3):
-    # Same contract as the project-wide nearest-name helper (name, choices) -> closest choices.
-    return difflib.get_close_matches(str(name), list(choices), n=count, cutoff=0.5)
+def nearest(value, choices, count=1, cutoff=0.5):
+    # Stands in for core.names.nearest (same signature), which the project is consolidating the
+    # nearest-name lookups into; switch this to an import once it exists.
+    return difflib.get_close_matches(str(value), [str(c) for c in choices], n=count, cutoff=cutoff)
 
 
 def _prefix(where) -> str:
@@ -30,7 +31,7 @@ def is_import_path(name: str) -> bool:
 
 
 def _hint(name, choices) -> str:
-    close = nearest(name, choices)
+    close = nearest(name, choices, count=3)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 

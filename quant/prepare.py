@@ -82,7 +82,7 @@ from mqbench.prepare_by_platform import BackendType, get_qconfig_by_platform, pr
 from mqbench.utils.logger import logger as mqbench_logger
 from mqbench.utils.state import enable_calibration, enable_quantization
 
-from models.tracing import explain_trace_failure
+from models.tracing import check_traceable
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
 from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
 
@@ -381,6 +381,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     """
     scheme = parse_quant_scheme(scheme)
     special = parse_special_layers(special_layer)
+    check_traceable(model)  # one line naming the module, rather than torch.fx's traceback from inside MQBench
     extra_quantizer = {}
     if scheme.quantize_transposed_conv_input:
         extra_quantizer["additional_module_type"] = (QATConvTranspose2d,)
@@ -391,7 +392,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     if scheme.activation.fake_quantize_class == "DoReFaFakeQuantize":
         warnings.warn("quant_scheme.activation.quantizer: MQBench's DoReFa quantizer normalises its input "
                       "with tanh (the DoReFa weight transform); activations lose their scale", stacklevel=2)
-    with quiet_mqbench(), explain_trace_failure(model):
+    with quiet_mqbench():
         prepared = prepare_by_platform(model, BackendType.Academic, {
             "extra_qconfig_dict": extra_qconfig_dict(scheme),
             "extra_quantizer_dict": extra_quantizer,
