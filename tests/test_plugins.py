@@ -137,6 +137,24 @@ class GatedRawNet(TinyRawNet):
         return super().forward(self.gate(mosaic))
 
 
+@torch.fx.wrap
+def halve_when_bright(x):
+    if x.mean() > 0.5:
+        return x * 0.5
+    return x
+
+
+class WrappedGate(nn.Module):
+    def forward(self, x):
+        return halve_when_bright(x)  # the fix the error advises: the trace keeps this as one call
+
+
+class WrappedGateRawNet(GatedRawNet):
+    def __init__(self, channels=4):
+        super().__init__(channels)
+        self.gate = WrappedGate()
+
+
 def test_untraceable_network_gets_one_line_error_naming_the_module(capsys):
     import lowlight_qat as lq
     network = lq.build_network("test_plugins:GatedRawNet")  # eager forward works: the contract holds
@@ -151,3 +169,6 @@ def test_untraceable_network_gets_one_line_error_naming_the_module(capsys):
     assert run_entry_point(lambda argv: lq.quantize(network), []) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: GatedRawNet: torch.fx cannot trace module 'gate'") and error.count("\n") == 1
+    # Following the advice (torch.fx.wrap) makes the same network quantizable.
+    qmodel = lq.calibrate(lq.quantize(lq.build_network("test_plugins:WrappedGateRawNet")), [batch])
+    assert any(node.name == "halve_when_bright" for node in qmodel.graph.nodes)
