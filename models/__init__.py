@@ -3,7 +3,7 @@
 constructor; `model.width` to networks whose constructor takes `width`)."""
 import inspect
 
-from models.contract import check_declared, check_outputs
+from models.contract import check_declared, check_outputs, message_prefix
 from models.dbf_dble import DBFDBLE
 from models.plugins import is_import_path, nearest, resolve_import_path
 from models.sid_unet import SIDUNet
@@ -12,15 +12,12 @@ from models.sid_unet import SIDUNet
 MODELS = {"dbf_dble": DBFDBLE, "sid_unet": SIDUNet}
 
 
-def _prefix(where) -> str:
-    return f"{where}: " if where else ""
-
-
 def resolve_network(name: str, where: str = "model.name") -> type:
     """The network class of a registered name or an import path, its contract declarations checked.
     Imports the plug-in's module but builds nothing. `where` prefixes error messages."""
     if not isinstance(name, str):
-        raise ValueError(f"{_prefix(where)}expected a name or package.module:ClassName, got {type(name).__name__}")
+        raise ValueError(f"{message_prefix(where)}expected a name or package.module:ClassName, "
+                         f"got {type(name).__name__}")
     if is_import_path(name):
         network_class = resolve_import_path(name, where)
     elif name in MODELS:
@@ -28,7 +25,7 @@ def resolve_network(name: str, where: str = "model.name") -> type:
     else:
         close = nearest(name, MODELS)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"{_prefix(where)}unknown model {name!r}; {hint}choose one of {sorted(MODELS)} "
+        raise ValueError(f"{message_prefix(where)}unknown model {name!r}; {hint}choose one of {sorted(MODELS)} "
                          "or give package.module:ClassName")
     check_declared(network_class, where)
     return network_class

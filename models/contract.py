@@ -20,33 +20,34 @@ import torch.nn as nn
 
 from data.sid import INPUT_KINDS
 
-def _prefix(where) -> str:
-    return f"{where}: " if where else ""
-
-
 OUTPUT_KINDS = (("rgb",), ("mono", "rgb"))
 # Small enough to cost nothing, large enough for 5 poolings of the mosaic (32 pixels -> 1).
 CHECK_SIZE = 64
 
 
+def message_prefix(where) -> str:
+    """'<where>: ' in front of an error message, nothing when `where` is empty (pydantic names the key)."""
+    return f"{where}: " if where else ""
+
+
 def check_declared(network_class: type, where: str) -> None:
     """One-line ValueError unless `network_class` is an nn.Module declaring input_kind and outputs."""
     if not (isinstance(network_class, type) and issubclass(network_class, nn.Module)):
-        raise ValueError(f"{_prefix(where)}{network_class!r} is not a torch.nn.Module class")
+        raise ValueError(f"{message_prefix(where)}{network_class!r} is not a torch.nn.Module class")
     name = network_class.__name__
     kind = getattr(network_class, "input_kind", None)
     if kind is None:
-        raise ValueError(f"{_prefix(where)}{name} declares no input_kind; add the class attribute "
+        raise ValueError(f"{message_prefix(where)}{name} declares no input_kind; add the class attribute "
                          f"input_kind = 'mosaic' (B,1,H,W) or 'packed' (B,4,H/2,W/2) (see models/contract.py)")
     if kind not in INPUT_KINDS:
-        raise ValueError(f"{_prefix(where)}{name}.input_kind is {kind!r}; use 'mosaic' or 'packed' "
+        raise ValueError(f"{message_prefix(where)}{name}.input_kind is {kind!r}; use 'mosaic' or 'packed' "
                          "(see models/contract.py)")
     outputs = getattr(network_class, "outputs", None)
     if outputs is None:
-        raise ValueError(f"{_prefix(where)}{name} declares no outputs; add the class attribute outputs = ('rgb',) "
-                         "or ('mono', 'rgb') (see models/contract.py)")
+        raise ValueError(f"{message_prefix(where)}{name} declares no outputs; add the class attribute "
+                         "outputs = ('rgb',) or ('mono', 'rgb') (see models/contract.py)")
     if (tuple(outputs) if isinstance(outputs, (tuple, list)) else outputs) not in OUTPUT_KINDS:
-        raise ValueError(f"{_prefix(where)}{name}.outputs is {outputs!r}; use ('rgb',) or ('mono', 'rgb') "
+        raise ValueError(f"{message_prefix(where)}{name}.outputs is {outputs!r}; use ('rgb',) or ('mono', 'rgb') "
                          "(see models/contract.py)")
 
 
@@ -83,7 +84,7 @@ def check_outputs(model: nn.Module, where: str) -> None:
             returned = model(inputs)
     except Exception as error:  # noqa: BLE001 - the user's forward: name it and the input it got
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"{_prefix(where)}{name}.forward failed on a {kind} input of shape {_shape(inputs)} "
+        raise ValueError(f"{message_prefix(where)}{name}.forward failed on a {kind} input of shape {_shape(inputs)} "
                          f"({type(error).__name__}: {message})") from None
     finally:
         model.train(was_training)
@@ -91,10 +92,10 @@ def check_outputs(model: nn.Module, where: str) -> None:
     wanted = " and ".join(f"{o} (B,{','.join(map(str, expected[o]))})" for o in outputs)
     tensors = returned if isinstance(returned, (tuple, list)) else (returned,)
     if len(tensors) != len(outputs) or not all(isinstance(t, torch.Tensor) for t in tensors):
-        raise ValueError(f"{_prefix(where)}{name} declares outputs = {outputs} but returned {_shape(returned)}; "
+        raise ValueError(f"{message_prefix(where)}{name} declares outputs = {outputs} but returned {_shape(returned)}; "
                          f"return {'a tuple (mono, rgb)' if len(outputs) == 2 else 'the RGB tensor'}")
     for output, tensor in zip(outputs, tensors):
         if tuple(tensor.shape[1:]) != expected[output]:
-            raise ValueError(f"{_prefix(where)}{name} returned {output} of shape {_shape(tensor)} for a "
+            raise ValueError(f"{message_prefix(where)}{name} returned {output} of shape {_shape(tensor)} for a "
                              f"{CHECK_SIZE}x{CHECK_SIZE} mosaic ({kind} input {_shape(inputs)}); the contract wants "
                              f"{wanted} (see models/contract.py)")

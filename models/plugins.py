@@ -13,6 +13,8 @@ import sys
 
 import torch.nn as nn
 
+from models.contract import message_prefix
+
 SEPARATOR = ":"
 
 
@@ -20,10 +22,6 @@ def nearest(value, choices, count=1, cutoff=0.5):
     # Stands in for core.names.nearest (same signature), which the project is consolidating the
     # nearest-name lookups into; switch this to an import once it exists.
     return difflib.get_close_matches(str(value), [str(c) for c in choices], n=count, cutoff=cutoff)
-
-
-def _prefix(where) -> str:
-    return f"{where}: " if where else ""
 
 
 def is_import_path(name: str) -> bool:
@@ -43,7 +41,8 @@ def _submodules(package_name):
 
 
 def _import(module_path: str, where: str):
-    # A network file next to the user's config is found even when the entry point lives elsewhere.
+    # A network file in the folder the user runs from is found although sys.path[0] is the entry
+    # point's folder.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
     try:
@@ -52,14 +51,14 @@ def _import(module_path: str, where: str):
         missing = error.name or ""
         if not (module_path == missing or module_path.startswith(missing + ".")):
             # The module exists but one of its own imports does not.
-            raise ValueError(f"{_prefix(where)}importing {module_path} failed: {error}") from None
+            raise ValueError(f"{message_prefix(where)}importing {module_path} failed: {error}") from None
         parent, _, leaf = missing.rpartition(".")
         where_looked = f"in package {parent}" if parent else "on sys.path or in the current directory"
-        raise ValueError(f"{_prefix(where)}no module {missing!r} {where_looked}"
+        raise ValueError(f"{message_prefix(where)}no module {missing!r} {where_looked}"
                          f"{_hint(leaf, _submodules(parent or None))}") from None
     except Exception as error:  # noqa: BLE001 - the user's module failed while loading: say which
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"{_prefix(where)}importing {module_path} failed "
+        raise ValueError(f"{message_prefix(where)}importing {module_path} failed "
                          f"({type(error).__name__}: {message})") from None
 
 
@@ -73,11 +72,11 @@ def resolve_import_path(name: str, where: str = "model.name") -> type:
     """The class named by 'package.module:ClassName' (one-line ValueError with nearest names)."""
     module_path, _, class_name = name.partition(SEPARATOR)
     if not module_path or not class_name or SEPARATOR in class_name:
-        raise ValueError(f"{_prefix(where)}{name!r} is not of the form package.module:ClassName")
+        raise ValueError(f"{message_prefix(where)}{name!r} is not of the form package.module:ClassName")
     module = _import(module_path, where)
     if not hasattr(module, class_name):
         classes = network_classes(module)
         close = _hint(class_name, classes)
         listed = close or (f"; network classes there: {', '.join(classes)}" if classes else "; it defines no nn.Module")
-        raise ValueError(f"{_prefix(where)}module {module_path} has no class {class_name!r}{listed}")
+        raise ValueError(f"{message_prefix(where)}module {module_path} has no class {class_name!r}{listed}")
     return getattr(module, class_name)
