@@ -14,10 +14,8 @@ full-precision model and the report are still written).
 import argparse
 import sys
 
-import core.runner
 from core.checkpoint_eval import default_checkpoint
-from core.config import load_config
-from core.runner import run_entry_point
+from core.runner import load_entry_config, run_entry_point
 
 
 def main(argv=None):
@@ -31,8 +29,7 @@ def main(argv=None):
                                                   "a quantizer is wider than 8 bits)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set, check_files=False)
-    core.runner.post_mortem = config.pdb_debug
+    config = load_entry_config(args.config, args.set, check_files=False)
     checkpoint = args.checkpoint or default_checkpoint(config)
     from deploy import export_run
     report = export_run(config, checkpoint, args.out, args.height, args.width, args.opset)

@@ -23,30 +23,20 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-import core.runner
-from core.config import ConfigError, load_config
-from core.runner import run_entry_point
+from core.config import ConfigError
+from core.runner import load_entry_config, run_entry_point
 # Glue to the config and data system (core/): the interface this tool expects from it.
 from core.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
 from distill.hessian import rank_layers, ranking_table, write_ranking
-from models import split_outputs
+from core.loss import task_loss
 
 CROP_MULTIPLE = 32  # keeps the Bayer phase (even offsets) and the network's size constraint
 
 
 def ranking_loss(kind, config):
     """Loss of (network outputs, batch) used for the curvature: the task loss with MSE (default) or L1."""
-    distance = {"mse": F.mse_loss, "l1": F.l1_loss}[kind]
-
-    def loss(outputs, batch):
-        mono, rgb = split_outputs(outputs)
-        value = config.loss.rgb_weight * distance(rgb, batch["rgb"])
-        if mono is not None:
-            value = value + config.loss.mono_weight * distance(mono, batch["mono"])
-        return value
-    return loss
+    return lambda outputs, batch: task_loss(outputs, batch, config.loss, distance=kind)
 
 
 def center_crop(batch, size):
@@ -101,8 +91,7 @@ def parse_arguments(argv):
 
 def main(argv=None):
     args = parse_arguments(argv)
-    config = load_config(args.config, args.set, check_files=False)
-    core.runner.post_mortem = config.pdb_debug
+    config = load_entry_config(args.config, args.set, check_files=False)
     device = torch.device(args.device) if args.device else resolve_device(config)
     weights = args.checkpoint or config.load_model
     if weights is None and not config.allow_random_init:

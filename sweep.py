@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import ConfigError, apply_override, load_with_bases, load_config
 from core.files import read_csv, write_bytes_atomic, write_csv_atomic, write_text_atomic
+from core.names import validation_error_line
 from core.records import format_table
 from core.runner import run_entry_point
 
@@ -102,9 +103,7 @@ def load_sweep(path, overrides=()) -> SweepConfig:
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: sweep key '{key}': {first['msg']}") from None
+        raise ConfigError(f"{path}: sweep {validation_error_line(error, SweepConfig)}") from None
     sweep.name = sweep.name or Path(path).stem
     return sweep
 

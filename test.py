@@ -3,17 +3,17 @@
     python test.py --config configfile/demo_fp.yaml [--checkpoint PATH] [--split test|val]
                    [--tile-size 512 --tile-overlap 32] [--save-images] [--set key=value ...]
 
-Writes per_image.csv (file, ratio, PSNR, SSIM) and summary.json under results/<experiment>/<split>_results/.
+Writes per_image.csv (file, ratio, PSNR, SSIM) and summary.json (with the data root and list) under
+results/<experiment>/eval_<split>_<checkpoint name>/, never over the training run's own test_results/;
+an existing evaluation folder is kept unless --overwrite is given.
 Without --checkpoint it takes the run's best checkpoint (then its latest, then load_model).
 `--tile-size` evaluates full 4256x2848 frames in bounded memory.
 """
 import argparse
 import sys
 
-import core.runner
-from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint
-from core.config import load_config
-from core.runner import run_entry_point
+from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint, evaluation_folder
+from core.runner import load_entry_config, run_entry_point
 
 
 def main(argv=None):
@@ -25,7 +25,8 @@ def main(argv=None):
     parser.add_argument("--tile-overlap", type=int, help="pixels of context kept on each tile side")
     parser.add_argument("--save-images", action="store_true", help="write the predicted RGB as PNG")
     parser.add_argument("--baseline", action="store_true", help="also score the naive amplified-exposure baseline")
-    parser.add_argument("--out", help="output folder (default results/<experiment>/<split>_results)")
+    parser.add_argument("--out", help="output folder (default results/<experiment>/eval_<split>_<checkpoint name>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the output folder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     overrides = list(args.set)
@@ -33,11 +34,11 @@ def main(argv=None):
         overrides.append(f"val.tile_size={args.tile_size}")
     if args.tile_overlap is not None:
         overrides.append(f"val.tile_overlap={args.tile_overlap}")
-    config = load_config(args.config, overrides, check_files=False)
-    core.runner.post_mortem = config.pdb_debug
+    config = load_entry_config(args.config, overrides, check_files=False)
     checkpoint = args.checkpoint or default_checkpoint(config)
+    out_dir = evaluation_folder(config, args.split, checkpoint, args.out, args.overwrite)
     return evaluate_checkpoint(config, checkpoint, split=args.split, with_baseline=args.baseline,
-                               save_images=args.save_images or None, out_dir=args.out)
+                               save_images=args.save_images or None, out_dir=out_dir)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Checkpoints in `results/<experiment>/checkpoints/`, in the manner of timm's saver: the latest one
 (`latest_epoch0012.pth`) and the best k by validation PSNR (`best_epoch0010_psnr31.42.pth`), every
 name carrying its epoch. Each file holds what resume needs: weights (or the quantized state),
-optimizer, scheduler, epoch, best-so-far and the RNG states of Python, NumPy and torch."""
+optimizer, scheduler, epoch, best-so-far and the RNG states of Python, NumPy and torch.
+
+Everything in a checkpoint is a type that `torch.load(weights_only=True)` accepts (tensors, numbers,
+strings, lists, tuples, dicts), so resume never needs the unsafe unpickler (core/safe_load.py)."""
+import math
 import random
 import re
 from pathlib import Path
@@ -10,12 +14,19 @@ import numpy as np
 import torch
 
 from core.files import torch_save_atomic
+from core.safe_load import CheckpointError, load_torch_file
 
 _EPOCH = re.compile(r"_epoch(\d+)")
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # NumPy's state is a tuple holding an ndarray, which the safe loader refuses: store its parts.
+    generator, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"generator": generator, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "position": int(position), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -23,7 +34,9 @@ def rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["generator"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -34,11 +47,59 @@ def epoch_of(path: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
+def training_payload(*, model_state: dict, quantized: bool, optimizer, scheduler, epoch: int, config: dict,
+                     psnr: float, ssim: float, best_psnr: float, best_epoch) -> dict:
+    """What one checkpoint holds: enough to evaluate it alone and to resume training exactly."""
+    return {"model": model_state, "quantized": quantized, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(), "config": config,
+            "psnr": psnr, "ssim": ssim, "best_psnr": best_psnr, "best_epoch": best_epoch}
+
+
+def restore_training(payload: dict, optimizer, scheduler) -> tuple[int, float, int | None]:
+    """Puts optimizer, scheduler and RNG back; returns (first epoch to run, best PSNR, best epoch)."""
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    restore_rng_state(payload["rng"])
+    best_psnr = payload.get("best_psnr")
+    return payload["epoch"] + 1, (-math.inf if best_psnr is None else best_psnr), payload.get("best_epoch")
+
+
 class CheckpointSaver:
-    def __init__(self, folder, keep_best: int = 1):
+    def __init__(self, folder, keep_best: int = 1, create: bool = True):
         self.folder = Path(folder)
         self.keep_best = keep_best
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def remove_stale_temporaries(self) -> None:
+        """A kill during an atomic write leaves `.latest_epochNNNN.pth.XXXX.tmp`; nothing will finish it."""
+        for stale in self.folder.glob(".*_epoch*.pth.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def load_for_resume(self) -> tuple[Path, dict]:
+        """The newest intact checkpoint (latest, else best, newest epoch first) and its payload. A damaged
+        one (a truncated file after a crash, a disk that filled up) is set aside as `<name>.damaged` and
+        the next newest is used, with a note; a file holding objects other than weights stops the run."""
+        candidates = sorted(self.folder.glob("*_epoch*.pth"), key=lambda p: (epoch_of(p), p.name.startswith("latest")),
+                            reverse=True)
+        if not candidates:
+            raise CheckpointError(f"--resume: no checkpoint (latest_epoch*.pth or best_epoch*.pth) in {self.folder}")
+        for path in candidates:
+            try:
+                payload = load_torch_file(path, what="resume checkpoint")
+            except CheckpointError as error:
+                if "holds objects other than weights" in str(error) or "older lowlight-qat" in str(error):
+                    raise
+                damaged = path.with_name(path.name + ".damaged")
+                path.replace(damaged)
+                print(f"warning: {error}; kept as {damaged.name}, trying an older checkpoint")
+                continue
+            if not (isinstance(payload, dict) and {"optimizer", "scheduler", "epoch", "rng"} <= set(payload)):
+                raise CheckpointError(f"resume checkpoint {path}: not a training checkpoint of this harness "
+                                      "(no optimizer/scheduler/epoch/rng state)")
+            return path, payload
+        raise CheckpointError(f"--resume: every checkpoint in {self.folder} is damaged (kept as *.damaged); "
+                              "start again with --overwrite")
 
     def latest(self) -> Path | None:
         found = sorted(self.folder.glob("latest_epoch*.pth"), key=epoch_of)

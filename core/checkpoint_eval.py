@@ -8,21 +8,23 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from core.checkpoint import CheckpointSaver
 from core.config import Config, ConfigError
 from core.evaluate import evaluate
-from core.files import write_csv_atomic, write_text_atomic
+from core.files import check_writable, write_csv_atomic, write_text_atomic
 from core.metrics import psnr, ssim
 from core.records import format_table
-from core.setup import build_eval_dataset, build_float_model, ensure_data, resolve_device
+from core.safe_load import load_torch_file
+from core.setup import (build_eval_dataset, build_float_model, check_split_lists, ensure_data, resolve_device,
+                        split_selection)
 from data.sid import develop_short_exposure_baseline
 from models import input_kind
+from models.weights import load_state
 
 
 def default_checkpoint(config: Config) -> Path:
-    saver = CheckpointSaver(config.run_dir / "checkpoints")
+    saver = CheckpointSaver(config.run_dir / "checkpoints", create=False)
     for candidate in (saver.best(), saver.latest(),
                       config.load_quant_model if config.quant else None, config.load_model):
         if candidate:
@@ -31,12 +33,19 @@ def default_checkpoint(config: Config) -> Path:
                       "(pass --checkpoint PATH)")
 
 
+def evaluation_folder(config: Config, split: str, checkpoint_path, out_dir=None, overwrite=False) -> Path:
+    """Where a stand-alone evaluation goes: `--out`, else `eval_<split>_<checkpoint name>/` in the run
+    folder, never the training run's own test_results/. An earlier evaluation is kept unless `overwrite`."""
+    out_dir = Path(out_dir) if out_dir else config.run_dir / f"eval_{split}_{Path(checkpoint_path).stem}"
+    if (out_dir / "summary.json").exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already holds an evaluation; pass --overwrite to replace it or --out FOLDER")
+    return out_dir
+
+
 def load_network(config: Config, checkpoint_path, device):
     """The network stored in `checkpoint_path`: ours (float or quantized) or plain/authors' weights."""
     checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
-    payload = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    payload = load_torch_file(checkpoint_path, what="checkpoint")
     trained_with = Config.model_validate(payload["config"]) if isinstance(payload, dict) and "config" in payload else config
     if isinstance(payload, dict) and payload.get("quantized"):
         from quant import load_quantized_state, prepare_quantized_model
@@ -47,7 +56,8 @@ def load_network(config: Config, checkpoint_path, device):
                                             trained_with.quantize_output)
         load_quantized_state(model, payload["model"])
     else:
-        model = build_float_model(trained_with, checkpoint_path)
+        model = build_float_model(trained_with)
+        load_state(model, payload, checkpoint_path)
     return model.to(device).eval()
 
 
@@ -66,16 +76,20 @@ def baseline_rows(dataset, ssim_variant):
 def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=None, with_baseline=False,
                         save_images=None, out_dir=None):
     device = device or resolve_device(config)
-    ensure_data(config)
-    model = load_network(config, checkpoint_path, device)
-    dataset = build_eval_dataset(config, split, input_kind(config.model.name))
     out_dir = Path(out_dir or config.run_dir / f"{split}_results")
+    check_writable(out_dir)  # before the evaluation, not after it
+    model = load_network(config, checkpoint_path, device)
+    ensure_data(config)
+    check_split_lists(config, (split,))
+    dataset = build_eval_dataset(config, split, input_kind(config.model.name))
     save_images = config.output.save_images if save_images is None else save_images
     means, rows = evaluate(model, dataset, device, config.val.ssim, config.val.tile_size, config.val.tile_overlap,
                            image_dir=out_dir / "images" if save_images else None, description=f"test ({split})",
                            statistics_passes=config.val.tile_statistics_passes)
-    report = {"split": split, "protocol": getattr(config.data, f"{split}_protocol", "all"), **means,
-              "checkpoint": str(checkpoint_path)}
+    list_name, protocol, exclude, _ = split_selection(config, split)
+    report = {"split": split, "protocol": protocol, **means, "checkpoint": str(checkpoint_path),
+              "data_root": str(Path(config.data.root).resolve()), "list": str(list_name),
+              "exclude_misaligned": exclude}
     if with_baseline:
         for row, extra in zip(rows, baseline_rows(dataset, config.val.ssim)):
             row.update(extra)

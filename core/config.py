@@ -11,13 +11,13 @@ quant_scheme, distill, onnx_export) whose defaults reproduce the authors' recipe
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.names import nearest, validation_error_line
 from quant.scheme import QuantSchemeConfig
 
 
@@ -140,6 +140,8 @@ class ValConfig(Section):
 
 class OutputConfig(Section):
     results_dir: str = "results"
+    # Full-precision weights (<experiment>.pth / .safetensors) and ONNX exports (<experiment>/).
+    artifacts_dir: str = "onnx"
     experiment: Optional[str] = None  # null: the config file's name
     keep_best: int = Field(1, ge=1)
     tensorboard: bool = True
@@ -162,12 +164,12 @@ class SpecialLayers(Section):
 
 
 class Config(Section):
-    # The user's own top-level keys (see quantization.md for their meaning).
+    # The user's own top-level keys (their meaning: the table under "The config" in README.md).
     quant: bool = False
     test: bool = False
     onnx: bool = False
     quant_teacher: bool = False
-    gpu_id: int = 0
+    gpu_id: int = Field(0, ge=0)  # CUDA device index when device is auto or cuda
     batch_size: int = Field(24, ge=1)
     debug: bool = False
     pdb_debug: bool = False
@@ -225,6 +227,10 @@ class Config(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output.results_dir) / self.experiment
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return Path(self.output.artifacts_dir)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -294,46 +300,36 @@ def apply_override(raw: dict, assignment) -> None:
     node[keys[-1]] = value
 
 
-def _fields_at(location: tuple) -> list[str]:
-    model: Any = Config
-    for part in location:
-        field = getattr(model, "model_fields", {}).get(part)
-        annotation = getattr(field, "annotation", None)
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return list(getattr(model, "model_fields", {}))
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FOLDER = REPOSITORY_ROOT / "configfile"
 
 
-def _one_line(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    location = tuple(str(part) for part in first["loc"])
-    key = ".".join(location) or "<top level>"
-    if first["type"] == "extra_forbidden":
-        valid = _fields_at(location[:-1])
-        close = difflib.get_close_matches(location[-1], valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{'.'.join(location[:-1] + (close[0],))}'?" if close else f"valid keys here: {', '.join(valid)}"
-        return f"{source}: unknown config key '{key}'; {hint}"
-    message = first["msg"].removeprefix("Value error, ")
-    if not location:
-        return f"{source}: {message}"
-    shown = repr(first.get("input"))
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"{source}: config key '{key}': {message} (got {shown})"
+def find_config_file(path) -> Path:
+    """`path` as given, else a bare name (`aba_config.yaml`, `seed_aba`) found in configfile/."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        for candidate in (CONFIG_FOLDER / path.name, CONFIG_FOLDER / f"{path.name}.yaml"):
+            if candidate.is_file():
+                print(f"config: {path} found in {CONFIG_FOLDER}: {candidate}")
+                return candidate
+    known = sorted(p.name for p in CONFIG_FOLDER.glob("*.yaml"))
+    close = nearest(path.name, known, count=3)
+    hint = f"; nearest in {CONFIG_FOLDER}: {', '.join(close)}" if close else ""
+    raise ConfigError(f"config file not found: {path}{hint}")
 
 
 def load_config(path, overrides=(), check_files=True) -> Config:
     """Read `path` on top of its `config_file_path` bases, apply `key=value` overrides, validate."""
-    path = Path(path)
+    path = find_config_file(path)
     raw = load_with_bases(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_one_line(error, str(path))) from None
+        raise ConfigError(f"{path}: {validation_error_line(error, Config)}") from None
     if config.output.experiment is None:
         config.output.experiment = path.stem
     if config.debug:

@@ -24,6 +24,7 @@ per-tile attention averages alone move it by about 0.027 dB.
 Memory holds one tile's activations, the full-size input and outputs, and one (batch, channels)
 sum per global average, never a full-size feature map.
 """
+import io
 import math
 import numbers
 import warnings
@@ -36,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from core.files import write_bytes_atomic
 from core.metrics import psnr, ssim, to_image
 from models import split_outputs
 
@@ -267,8 +269,12 @@ def _tiled_pass(model, inputs, tiles, tile_shape, averages):
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
+    """Encoded in memory, then written atomically: a full disk leaves no truncated PNG, and the error
+    names the file."""
     from PIL import Image
-    Image.fromarray((to_image(image) * 255 + 0.5).astype(np.uint8)).save(path)
+    encoded = io.BytesIO()
+    Image.fromarray((to_image(image) * 255 + 0.5).astype(np.uint8)).save(encoded, format="PNG")
+    write_bytes_atomic(path, encoded.getvalue())
 
 
 @torch.no_grad()
@@ -285,21 +291,23 @@ def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, ove
     for module in observing:
         module.observer_enabled[0] = 0
     rows = []
-    for index in tqdm(range(len(dataset)), desc=description, leave=False, dynamic_ncols=True):
-        item = dataset[index]
-        inputs = item["input"].unsqueeze(0).to(device)
-        _, rgb = split_outputs(predict(model, inputs, tile_size, overlap, statistics_passes))
-        prediction = rgb[0].float().clamp(0, 1).cpu()
-        target = item["rgb"]
-        row = {"file": Path(item.get("short_path", item["name"])).name, "ratio": float(item["ratio"]),
-               "psnr": psnr(prediction, target), "ssim": ssim(prediction, target, ssim_variant)}
-        rows.append(row)
-        if image_dir is not None:
-            Path(image_dir).mkdir(parents=True, exist_ok=True)
-            save_png(Path(image_dir) / f"{Path(row['file']).stem}.png", prediction)
-    model.train(was_training)
-    for module in observing:
-        module.observer_enabled[0] = 1
+    try:
+        for index in tqdm(range(len(dataset)), desc=description, leave=False, dynamic_ncols=True):
+            item = dataset[index]
+            inputs = item["input"].unsqueeze(0).to(device)
+            _, rgb = split_outputs(predict(model, inputs, tile_size, overlap, statistics_passes))
+            prediction = rgb[0].float().clamp(0, 1).cpu()
+            target = item["rgb"]
+            row = {"file": Path(item.get("short_path", item["name"])).name, "ratio": float(item["ratio"]),
+                   "psnr": psnr(prediction, target), "ssim": ssim(prediction, target, ssim_variant)}
+            rows.append(row)
+            if image_dir is not None:
+                save_png(Path(image_dir) / f"{Path(row['file']).stem}.png", prediction)
+    finally:
+        # An error mid-evaluation must not leave a training model with its observers off.
+        model.train(was_training)
+        for module in observing:
+            module.observer_enabled[0] = 1
     means = {"psnr": float(np.mean([r["psnr"] for r in rows])) if rows else math.nan,
              "ssim": float(np.mean([r["ssim"] for r in rows])) if rows else math.nan,
              "images": len(rows), "ssim_variant": ssim_variant}

@@ -3,6 +3,7 @@ so everything is written to a temporary file in the same folder, flushed, then r
 import csv
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,10 +23,12 @@ def _replace_from_temp(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(temp_name, 0o666 & ~umask)
         os.replace(temp_name, path)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
+        # Disk full or a vanished folder (torch.save reports a failed write as RuntimeError): say which
+        # file, keep the previous version in place.
         Path(temp_name).unlink(missing_ok=True)
-        # Disk full or a vanished folder: say which file, keep the previous version in place.
-        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
+        reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise OSError(f"cannot write {path}: {reason}") from None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
@@ -60,6 +63,28 @@ def torch_save_atomic(payload, path) -> None:
     _replace_from_temp(Path(path), lambda stream: torch.save(payload, stream))
 
 
+def remove_stale_temporaries(folder) -> None:
+    """Temporary files of writes that a kill interrupted (`.<name>.<random>.tmp`); nothing will finish them."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def remove_folder(folder, reason: str) -> None:
+    """Remove a whole results folder, or fail with one line naming it and leave it untouched: the folder
+    is first renamed aside (which fails cleanly on a read-only parent), then deleted."""
+    folder = Path(folder)
+    aside = folder.with_name(f".{folder.name}.removing-{os.getpid()}")
+    try:
+        folder.rename(aside)
+    except OSError as error:
+        raise OSError(f"{reason}: cannot remove {folder} ({error.strerror or error})") from None
+    shutil.rmtree(aside, ignore_errors=True)
+    if aside.exists():
+        print(f"warning: {reason}: the old run was moved to {aside} but could not be deleted completely")
+
+
 def check_writable(folder) -> None:
     """Fail before training when results cannot be written, not after hours of work."""
     folder = Path(folder)
@@ -70,3 +95,20 @@ def check_writable(folder) -> None:
         probe.unlink()
     except OSError as error:
         raise OSError(f"results folder not writable: {folder} ({error.strerror or error})") from None
+
+
+def save_safetensors_atomic(state: dict, path, metadata: dict | None = None) -> None:
+    """Float weights as `.safetensors`, a format that holds no code by design."""
+    from safetensors.torch import save
+    write_bytes_atomic(path, save({key: value.detach().contiguous().clone() for key, value in state.items()},
+                                  metadata=metadata))
+
+
+def safetensors_metadata(path) -> dict:
+    """The string metadata in a `.safetensors` header ({} when the file is missing or unreadable)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception:  # noqa: BLE001 - absent or foreign file: no owner is known
+        return {}

@@ -5,7 +5,7 @@ import os
 import warnings
 import sys
 
-from core.config import ConfigError
+from core.config import ConfigError, load_config
 
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
@@ -14,14 +14,21 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 # Users read warnings about their config (e.g. a special-layer entry that cannot apply), not our source.
 warnings.formatwarning = _one_line_warning
 
-# Set by an entry point once its config is loaded, so errors after that honour `pdb_debug`.
+# Set once an entry point's config is loaded (load_entry_config), so errors after that honour `pdb_debug`.
 post_mortem = False
+
+
+def load_entry_config(path, overrides=(), check_files=True):
+    """load_config for a command-line entry point: also arms the post-mortem debugger (`pdb_debug`)."""
+    global post_mortem
+    config = load_config(path, overrides, check_files=check_files)
+    post_mortem = config.pdb_debug
+    return config
 
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, OSError, FloatingPointError)
 
 
 def run_entry_point(main, argv) -> int:
-    global post_mortem
     try:
         main(argv)
         return 0

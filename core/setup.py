@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from core.config import Config, ConfigError
 from data.raw_cache import RawCache
-from data.sid import SIDEvalDataset, SIDTrainDataset, prepare_split
+from data.sid import SIDEvalDataset, SIDTrainDataset, prepare_split, read_list, resolve_list_file, select_pairs
 from data.synthetic import generate_synthetic_sid
 from models import build_model, input_kind as network_input_kind
 from models.weights import load_weights
@@ -49,7 +49,8 @@ def _cache(config: Config) -> RawCache:
     return RawCache(_cache_dir(config))
 
 
-def split_pairs(config: Config, split: str):
+def split_selection(config: Config, split: str):
+    """(list file name, protocol, exclude misaligned scenes, pair limit) of a split."""
     data = config.data
     list_name, protocol, limit = {
         # Training uses every pair; misaligned scenes are a metrics concern only.
@@ -57,8 +58,23 @@ def split_pairs(config: Config, split: str):
         "val": (data.val_list, data.val_protocol, data.max_val_pairs),
         "test": (data.test_list, data.test_protocol, data.max_test_pairs),
     }[split]
-    exclude = data.exclude_misaligned and split != "train"
-    return prepare_split(data.root, list_name, protocol, exclude, _cache_dir(config), data.decode_workers, limit)
+    return list_name, protocol, data.exclude_misaligned and split != "train", limit
+
+
+def split_pairs(config: Config, split: str):
+    list_name, protocol, exclude, limit = split_selection(config, split)
+    return prepare_split(config.data.root, list_name, protocol, exclude, _cache_dir(config),
+                         config.data.decode_workers, limit)
+
+
+def check_split_lists(config: Config, splits=("train", "val", "test")) -> None:
+    """Read and parse every list file a run will use, before hours of decoding or training: a missing val
+    list or a malformed test-list line must not surface only when that split is reached."""
+    for split in splits:
+        list_name, protocol, exclude, _ = split_selection(config, split)
+        list_file = resolve_list_file(config.data.root, list_name)
+        if not select_pairs(read_list(list_file, config.data.root), protocol, exclude):
+            raise ConfigError(f"data.{split}_list: {list_file} has no pair under protocol {protocol!r}")
 
 
 def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0, world_size: int = 1):

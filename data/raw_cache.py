@@ -51,6 +51,10 @@ class RawInfo:
     origin_offset: tuple[int, int] = (0, 0)
 
 
+# Fewer levels than 8 bits between black and white cannot be a real exposure (SID: 512..16383).
+MIN_USABLE_LEVELS = 256
+
+
 def ground_truth_postprocess(raw) -> np.ndarray:
     """SID's ground-truth development (data.md), uint16 HxWx3.
 
@@ -138,8 +142,13 @@ def _decode_mosaic(path: Path) -> tuple[np.ndarray, dict]:
             }
         except rawpy.LibRawError as error:
             raise ValueError(f"cannot decode raw file {path}: {one_line_error(error)}") from None
-    if metadata["white_level"] <= metadata["black_level"]:
-        raise ValueError(f"{path}: white level {metadata['white_level']} is not above black level {metadata['black_level']}")
+    usable = metadata["white_level"] - metadata["black_level"]
+    if usable < MIN_USABLE_LEVELS:
+        # Normalisation divides by this range: a handful of levels turns the input into a few bits of
+        # noise that would train without any error (SID's raws have 15871).
+        raise ValueError(f"{path}: black level {metadata['black_level']:g} and white level "
+                         f"{metadata['white_level']:g} leave {usable:g} usable levels (at least "
+                         f"{MIN_USABLE_LEVELS} needed); the file's level metadata is wrong")
     return mosaic, metadata
 
 

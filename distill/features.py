@@ -25,15 +25,15 @@ Which tensor is captured (the "tap point"):
   says, per layer, which module was hooked.
 """
 import copy
-import difflib
 import re
 
-import torch
 import torch.nn as nn
 from torch.ao.quantization import FakeQuantizeBase
 from torch.ao.quantization.observer import ObserverBase
 from torch.fx import GraphModule
 
+from core.graph_ops import is_rearranging
+from core.names import nearest_text
 from models.tracing import explain_trace_failure
 
 # The activation modules whose outputs are the default candidates for the Hessian ranking.
@@ -140,22 +140,12 @@ def called_module_names(model):
     return names
 
 
-# Ops that only move values around: an activation read through them alone IS the network output.
-_REARRANGING_MODULES = (nn.PixelShuffle, nn.PixelUnshuffle, nn.Identity, nn.Flatten, nn.Unflatten)
-_REARRANGING_FUNCTIONS = {torch.pixel_shuffle, torch.pixel_unshuffle, torch.flatten, torch.reshape, torch.permute,
-                          torch.nn.functional.pixel_shuffle, torch.nn.functional.pixel_unshuffle}
-_REARRANGING_METHODS = {"view", "reshape", "permute", "contiguous", "flatten"}
-
-
 def _is_network_output(model, node):
     """True when `node`'s value reaches a graph output through rearranging ops only."""
     for user in node.users:
         if user.op == "output":
             return True
-        rearranging = ((user.op == "call_module" and isinstance(model.get_submodule(user.target), _REARRANGING_MODULES))
-                       or (user.op == "call_function" and user.target in _REARRANGING_FUNCTIONS)
-                       or (user.op == "call_method" and user.target in _REARRANGING_METHODS))
-        if rearranging and _is_network_output(model, user):
+        if is_rearranging(model, user) and _is_network_output(model, user):
             return True
     return False
 
@@ -186,11 +176,6 @@ def merge_layer_names(*name_lists):
     return merged
 
 
-def _nearest(name, candidates, count=3):
-    close = difflib.get_close_matches(name, candidates, n=count, cutoff=0.5)
-    return ", ".join(close) if close else "none close; " + ", ".join(list(candidates)[:count]) + ", ..."
-
-
 class FeatureTaps:
     """Forward hooks that expose named layer outputs as `{name: tensor}` after every forward.
 
@@ -219,7 +204,7 @@ class FeatureTaps:
         for name in self.layer_names:
             if name not in callable_names:
                 hint = "" if graph is not None else " (the model is not traced: use trace_for_features)"
-                raise ValueError(f"{role}: no layer {name!r}{hint}; nearest: {_nearest(name, callable_names)}")
+                raise ValueError(f"{role}: no layer {name!r}{hint}; nearest: {nearest_text(name, callable_names)}")
             tap = self._quantizer_reading(graph, modules, name) if (graph is not None and after_fake_quantizer) else None
             self.tap_points[name] = tap or name
             tapped = modules[self.tap_points[name]]

@@ -13,7 +13,6 @@ Kinds (each averaged over all elements of the layer, batch included):
   different magnitudes comparable, so one coefficient means about the same at every layer.
   Its value lies in [0, 4].
 """
-import difflib
 import math
 import numbers
 
@@ -21,13 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.names import nearest
+
 FEATURE_LOSS_KINDS = ("mse", "l1", "scale_invariant")
 _RMS_FLOOR = 1e-8  # keeps an all-zero feature map (dead layer) from dividing by zero
 
 
 def _check_kind(kind):
     if kind not in FEATURE_LOSS_KINDS:
-        close = difflib.get_close_matches(str(kind), FEATURE_LOSS_KINDS, n=3, cutoff=0.3)
+        close = nearest(kind, FEATURE_LOSS_KINDS, count=3, cutoff=0.3)
         raise ValueError(f"distill loss kind {kind!r} is unknown; nearest: {', '.join(close or FEATURE_LOSS_KINDS)}")
 
 
@@ -105,7 +106,7 @@ class DistillationLoss(nn.Module):
     @staticmethod
     def _feature(features, name, role):
         if name not in features:
-            close = difflib.get_close_matches(name, list(features), n=3, cutoff=0.5)
+            close = nearest(name, features, count=3)
             raise ValueError(f"{role} features have no layer {name!r} (tap it with FeatureTaps); "
                              f"nearest: {', '.join(close) if close else ', '.join(list(features)[:3]) or 'none tapped'}")
         return features[name]

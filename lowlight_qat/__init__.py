@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -26,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from distill import Distillation, LayerTrace
+from distill import Distiller, LayerTrace
 from models import build_model, split_outputs
 from models.contract import check_declared, check_outputs
-from models.plugins import nearest
+from core.names import nearest
 from models.tracing import UntraceableNetworkError, check_traceable
 from models.weights import load_weights
 from quant import QuantSchemeConfig, param_groups, parse_quant_scheme
@@ -37,7 +38,7 @@ from quant import QuantSchemeConfig, param_groups, parse_quant_scheme
 SCHEME_FOLDER = Path(__file__).resolve().parents[1] / "configfile"
 
 __all__ = ["build_network", "check_network", "check_traceable", "load_weights", "quantize", "calibrate",
-           "param_groups", "attach_distillation", "Distillation", "rank_layers", "LayerTrace", "export_onnx",
+           "param_groups", "attach_distillation", "Distiller", "rank_layers", "LayerTrace", "export_onnx",
            "evaluate", "UntraceableNetworkError"]
 
 
@@ -93,11 +94,16 @@ def calibrate(qmodel: nn.Module, batches: Iterable, num_batches: Optional[int] =
 
 
 def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str], coefficients=0.1,
-                        feature_loss: str = "mse") -> Distillation:
-    """Taps on `layers` of the quantized student and of the float teacher (which is traced and frozen)
-    and their weighted feature loss (distill/attach.py). After `student(x)`, `distillation(x)` returns
-    (total, {layer: distance})."""
-    return Distillation(student, teacher, layers, coefficients, feature_loss)
+                        feature_loss: str = "mse") -> Distiller:
+    """Taps on `layers` of the quantized student and of the float teacher (which is traced, frozen and
+    moved to the student's device) and their weighted feature loss (distill/distiller.py). After
+    `student(x)`, `distillation(x)` returns (total, {layer: distance}). `coefficients`: one number
+    for every layer or one per layer."""
+    layers = list(layers)
+    if isinstance(coefficients, numbers.Real):
+        coefficients = [float(coefficients)] * len(layers)
+    device = next(student.parameters()).device
+    return Distiller(student, teacher, layers, coefficients, feature_loss).to(device)
 
 
 def mse_task_loss(outputs, batch) -> torch.Tensor:

@@ -5,7 +5,8 @@ import inspect
 
 from models.contract import check_declared, check_outputs, message_prefix
 from models.dbf_dble import DBFDBLE
-from models.plugins import is_import_path, nearest, resolve_import_path
+from core.names import nearest
+from models.plugins import is_import_path, resolve_import_path
 from models.sid_unet import SIDUNet
 
 # The one list of built-in names; core/config.py validates model.name against it.

@@ -4,7 +4,6 @@ The module is imported from sys.path and the current directory; a mistake stops 
 the nearest names: sibling modules of the part that does not exist, or network classes of the
 module when the class is missing.
 """
-import difflib
 import importlib
 import inspect
 import os
@@ -13,15 +12,10 @@ import sys
 
 import torch.nn as nn
 
+from core.names import nearest
 from models.contract import message_prefix
 
 SEPARATOR = ":"
-
-
-def nearest(value, choices, count=1, cutoff=0.5):
-    # Stands in for core.names.nearest (same signature), which the project is consolidating the
-    # nearest-name lookups into; switch this to an import once it exists.
-    return difflib.get_close_matches(str(value), [str(c) for c in choices], n=count, cutoff=cutoff)
 
 
 def is_import_path(name: str) -> bool:

@@ -1,22 +1,23 @@
 """Loading full-precision weights: the authors' `{'model': state_dict}` files, our own
-checkpoints (which keep the weights under 'model' too) and plain state_dicts."""
+checkpoints (which keep the weights under 'model' too), plain state_dicts and `.safetensors`.
+Every file is read through core.safe_load, so a weights file can never run code."""
 from pathlib import Path
 
 import torch
 
+from core.safe_load import CheckpointError, load_torch_file
 
-class WeightsError(ValueError):
+
+class WeightsError(CheckpointError):
     """A weights file that cannot be loaded into the network; the message is one line."""
 
 
 def read_state_dict(path):
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for a damaged file; the user needs the path
-        raise WeightsError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+    return state_from_payload(load_torch_file(path, what="weights file"), path)
+
+
+def state_from_payload(payload, path):
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: expected a state_dict or {{'model': state_dict}}")
@@ -28,7 +29,12 @@ def read_state_dict(path):
 
 def load_weights(model, path, show=5):
     """Strictly load `path` into `model`; on mismatch name the first few missing/unexpected keys."""
-    state = read_state_dict(path)
+    return load_state(model, load_torch_file(path, what="weights file"), path, show)
+
+
+def load_state(model, payload, path, show=5):
+    """Strictly load an already-read weights payload (from `path`) into `model`."""
+    state = state_from_payload(payload, path)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -11,7 +11,6 @@ the same scales at another bit width would give different outputs without any er
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn as nn
 from torch.ao.quantization import FakeQuantizeBase
 from torch.ao.quantization.observer import ObserverBase
 
+from core.names import nearest, optional_hint
 from quant.prepare import fake_quantizers
 
 FORMAT = "lowlight-qat/quantized-state/v1"
@@ -51,8 +51,7 @@ def _check_quantizers(qmodel: nn.Module, saved: dict) -> None:
     hint = "prepare the model with the quant_scheme, special_layer and quantize_output of the checkpoint"
     for name, description in saved.items():
         if name not in current:
-            nearest = difflib.get_close_matches(name, list(current), n=1)
-            near = f" (nearest: {nearest[0]})" if nearest else ""
+            near = optional_hint(nearest(name, current))
             raise ValueError(f"quantized checkpoint: quantizer {name} is not in this model{near}; {hint}")
         mine = _describe(current[name])
         for field in ("class", "quant_min", "quant_max", "qscheme"):

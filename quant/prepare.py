@@ -65,14 +65,12 @@ separate model instance as the full-precision teacher.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import warnings
 from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.ao.quantization import FakeQuantizeBase
 from torch.fx import GraphModule, Node
 
@@ -82,6 +80,8 @@ from mqbench.prepare_by_platform import BackendType, get_qconfig_by_platform, pr
 from mqbench.utils.logger import logger as mqbench_logger
 from mqbench.utils.state import enable_calibration, enable_quantization
 
+from core.graph_ops import is_rearranging
+from core.names import nearest
 from models.tracing import check_traceable
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
 from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
@@ -91,12 +91,6 @@ log = logging.getLogger(__name__)
 QUANTIZER_SUFFIX = "_post_act_fake_quantizer"
 WEIGHT_QUANTIZER = "weight_fake_quant"
 
-# Ops that only move values around: a tensor quantized before them is still on the same grid after.
-_REARRANGING_FUNCTIONS = {torch.pixel_unshuffle, torch.pixel_shuffle, torch.reshape, torch.flatten,
-                          torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze}
-_REARRANGING_METHODS = {"view", "reshape", "permute", "flatten", "contiguous", "transpose", "squeeze",
-                        "unsqueeze"}
-_REARRANGING_MODULES = (nn.PixelShuffle, nn.PixelUnshuffle, nn.Flatten, nn.Identity)
 
 
 @contextlib.contextmanager
@@ -171,16 +165,6 @@ def _has_weight(gm: GraphModule, node: Node) -> bool:
                                                    torch.Tensor)
 
 
-def _is_rearranging(gm: GraphModule, node: Node) -> bool:
-    if node.op == "call_function":
-        return node.target in _REARRANGING_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _REARRANGING_METHODS
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), _REARRANGING_MODULES)
-    return False
-
-
 def _insert_quantizer_after(gm: GraphModule, node: Node, quantizer: FakeQuantizeBase, users: Iterable[Node]) -> Node:
     name = node.name + QUANTIZER_SUFFIX
     while hasattr(gm, name):
@@ -225,7 +209,7 @@ def _drop_requantization(gm: GraphModule, quantizer_nodes: list[Node]) -> list[s
     while frontier:
         node = frontier.pop()
         for user in list(node.users):
-            if _is_rearranging(gm, user):
+            if is_rearranging(gm, user):
                 frontier.append(user)
             elif node not in quantizer_nodes and _is_quantizer_node(gm, user):
                 user.replace_all_uses_with(node)
@@ -303,8 +287,8 @@ def _find_layer(gm: GraphModule, name: str) -> Node:
         if (node.op == "call_module" and node.target == name) or \
                 (node.op in ("call_function", "call_method") and node.name == name):
             return node
-    nearest = difflib.get_close_matches(name, layer_names(gm), n=3, cutoff=0.4)
-    hint = f"nearest: {', '.join(nearest)}" if nearest else "see quant.prepare.layer_names(qmodel)"
+    close = nearest(name, layer_names(gm), count=3, cutoff=0.4)
+    hint = f"nearest: {', '.join(close)}" if close else "see quant.prepare.layer_names(qmodel)"
     raise ValueError(f"{WHERE}.{name}: no layer {name!r} in the traced model; {hint} "
                      "(modules the forward never calls are dropped by tracing)")
 

@@ -21,13 +21,14 @@ key and the nearest valid choice, never deep inside MQBench.
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mqbench.prepare_by_platform import FakeQuantizeDict, ObserverDict
+
+from core.names import unknown_choice, validation_error_line
 
 # Short names of the field mapped to MQBench's class names.
 QUANTIZER_ALIASES = {
@@ -47,18 +48,6 @@ VALID_OBSERVERS = tuple(ObserverDict)
 PER_TENSOR_ONLY = {"PACTFakeQuantize"}
 
 MIN_BITS, MAX_BITS = 2, 16
-
-
-def unknown_choice(value: str, valid, what: str = "") -> str:
-    """'unknown 'x'; did you mean 'y'? valid: a, b, c' — the one-line message used for every bad name."""
-    valid = list(valid)
-    close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.5)
-    # Case-insensitive second chance: 'LSQ' or 'minmaxobserver' are near misses too.
-    if not close:
-        lowered = {v.lower(): v for v in valid}
-        close = [lowered[m] for m in difflib.get_close_matches(str(value).lower(), list(lowered), n=1, cutoff=0.5)]
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown {what}{value!r}; {hint}valid: {', '.join(valid)}"
 
 
 def _constructor_keywords(cls) -> list[str]:
@@ -101,6 +90,11 @@ class TensorQuantConfig(BaseModel):
             return value
         if value.lower() in QUANTIZER_ALIASES:
             return value.lower()
+        # 'LSQFakeQuantize' is a spelling of LSQ, not of the (textually closer) DSQFakeQuantize.
+        family = value.lower().replace("_", "").removesuffix("fakequantize").removesuffix("quantize")
+        if family in QUANTIZER_ALIASES:
+            raise ValueError(f"unknown {value!r}; did you mean '{family}' ({QUANTIZER_ALIASES[family]})? "
+                             f"valid: {', '.join(VALID_QUANTIZERS)}")
         raise ValueError(unknown_choice(value, VALID_QUANTIZERS))
 
     @field_validator("observer")
@@ -207,25 +201,9 @@ def extra_qconfig_dict(scheme: QuantSchemeConfig, weight_qscheme: Optional[dict]
     }
 
 
-def _fields_at(model, location) -> list[str]:
-    for part in location:
-        field = getattr(model, "model_fields", {}).get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(getattr(model, "model_fields", {}))
-
-
 def one_line_error(error: ValidationError, model=None, where: str = "quant_scheme") -> str:
-    """The first error of a pydantic ValidationError as `where.key: message`, with a suggestion for an
-    unknown key."""
-    first = error.errors()[0]
-    location = tuple(str(part) for part in first["loc"])
-    key = ".".join((where,) + location) if where else ".".join(location)
-    if first["type"] == "extra_forbidden":
-        return f"{key}: {unknown_choice(location[-1], _fields_at(model or QuantSchemeConfig, location[:-1]), 'key ')}"
-    return f"{key}: {first['msg'].removeprefix('Value error, ')}"
+    """The first error of a pydantic ValidationError as one line naming `where.key`."""
+    return validation_error_line(error, model or QuantSchemeConfig, where, show_input=False)
 
 
 def parse_quant_scheme(data: Any, where: str = "quant_scheme") -> QuantSchemeConfig:

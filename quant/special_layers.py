@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from quant.scheme import MAX_BITS, MIN_BITS, unknown_choice
+from core.names import unknown_choice
+from quant.scheme import MAX_BITS, MIN_BITS
 
 SCHEMES = {
     "per_channel_affine": (True, False),

@@ -308,7 +308,7 @@ def test_quantized_checkpoint_round_trips_into_a_fresh_model():
     buffer = io.BytesIO()
     torch.save(quantized_state(qmodel), buffer)
     buffer.seek(0)
-    state = torch.load(buffer, weights_only=False)
+    state = torch.load(buffer, weights_only=True)
 
     torch.manual_seed(123)  # other random weights: everything must come from the checkpoint
     fresh = prepare(special=USER_SUBSET, quantize_output=True)

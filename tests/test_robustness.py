@@ -47,7 +47,7 @@ def test_kills_at_random_points_then_resume_end_like_an_uninterrupted_run(synthe
         run_cli("train.py", "--config", killed, *resume, cwd=killed_dir)
 
     final = lambda folder: torch.load(folder / "results" / "tiny" / "checkpoints" / "latest_epoch0004.pth",
-                                      weights_only=False)
+                                      weights_only=True)
     a, b = final(reference_dir), final(killed_dir)
     for key in a["model"]:
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key

@@ -60,7 +60,7 @@ def test_quantized_checkpoint_reproduces_its_psnr_in_test_py(seed_run):
     folder, seed, data, _ = seed_run
     run_dir = folder / "results" / "seed_aba_config"
     best = next((run_dir / "checkpoints").glob("best_epoch*.pth"))
-    saved = torch.load(best, weights_only=False)
+    saved = torch.load(best, weights_only=True)
     assert saved["quantized"] is True
     run_cli("test.py", "--config", seed, "--checkpoint", best, "--split", "val",
             *[a for o in data for a in ("--set", o)])

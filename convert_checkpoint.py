@@ -1,0 +1,63 @@
+"""Rewrite a checkpoint that the safe loader refuses into one it accepts.
+
+    python convert_checkpoint.py OLD.pth --trust [--out NEW.pth]
+
+Checkpoints written by lowlight-qat before safe loading stored NumPy's RNG state as a NumPy array,
+which `torch.load(weights_only=True)` will not read. This command reads OLD.pth with the UNSAFE
+unpickler, which runs any code the file contains: pass --trust only for a file you made yourself or
+got from a source you trust. It writes the same content with safe types only (tensors, numbers,
+strings, lists, dicts), to OLD.pth itself unless --out is given, and checks that it loads safely.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.config import ConfigError
+from core.files import torch_save_atomic
+from core.runner import run_entry_point
+from core.safe_load import load_torch_file
+
+
+def to_safe_types(value):
+    """NumPy's RNG state becomes the dict that core.checkpoint.rng_state writes; other arrays become
+    tensors and NumPy scalars plain numbers."""
+    if isinstance(value, tuple) and len(value) == 5 and value[0] == "MT19937" and isinstance(value[1], np.ndarray):
+        generator, keys, position, has_gauss, cached_gaussian = value
+        return {"generator": generator, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return type(value)((key, to_safe_types(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_safe_types(item) for item in value)
+    return value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="the checkpoint to convert")
+    parser.add_argument("--trust", action="store_true",
+                        help="required: read the file with the unsafe unpickler, which runs any code it holds")
+    parser.add_argument("--out", help="where to write the converted file (default: over the original)")
+    args = parser.parse_args(argv)
+    source = Path(args.checkpoint)
+    if not source.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {source}")
+    if not args.trust:
+        raise ConfigError(f"{source}: converting reads the file with the unsafe unpickler, which runs any code "
+                          "it holds; pass --trust only for a file from a source you trust")
+    payload = torch.load(source, map_location="cpu", weights_only=False)  # the user vouched for it (--trust)
+    target = Path(args.out) if args.out else source
+    torch_save_atomic(to_safe_types(payload), target)
+    load_torch_file(target)  # proves the result loads without the unsafe unpickler
+    print(f"converted {source} -> {target}; it now loads with weights_only=True")
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry_point(main, sys.argv[1:]))

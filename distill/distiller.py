@@ -1,0 +1,27 @@
+"""One object for what distillation adds to a training step: the frozen full-precision teacher, taps
+on the named layers of both networks, and the feature loss."""
+import torch
+
+from distill.features import FeatureTaps, check_same_architecture, prepare_teacher
+from distill.loss import DistillationLoss
+
+
+class Distiller:
+    """`distiller(inputs)` after the student's forward on `inputs` runs the teacher and returns
+    (sum of coefficient x feature loss, {layer: unweighted term})."""
+
+    def __init__(self, student, teacher, layer_names, coefficients, feature_loss="mse", extra_layer_names=()):
+        self.teacher = prepare_teacher(teacher)
+        check_same_architecture(student, self.teacher)
+        self.student_taps = FeatureTaps(student, layer_names, role="student", extra_layer_names=extra_layer_names)
+        self.teacher_taps = FeatureTaps(self.teacher, layer_names, role="teacher")
+        self.loss = DistillationLoss(layer_names, coefficients, feature_loss)
+
+    def to(self, device):
+        self.teacher.to(device)
+        return self
+
+    def __call__(self, inputs):
+        with torch.no_grad():
+            self.teacher(inputs)
+        return self.loss(self.student_taps.outputs, self.teacher_taps.outputs)
