@@ -13,11 +13,14 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean ablation
 setup: $(VENV)/.installed
 
 demo: setup
 	$(PY) demo.py
+
+ablation: setup
+	$(PY) ablation.py
 
 test: setup
 	$(PY) -m pytest -q tests

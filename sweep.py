@@ -8,15 +8,22 @@ A sweep file holds:
     grid: {distill_coeff: [0, 0.1, 0.5]}   # every combination of these values is a variant
     variants:                           # optional named variants, each crossed with the grid
       - {name: end, set: {distill_config: [...], distill_coeff: 0.1}}
+    seeds: [0, 1, 2]                    # optional: every variant once per seed (sets the run's `seed`)
+    reference: end                      # optional: every variant's difference to this one, with a 95% CI
     launcher: local                     # or slurm (each variant a job of a Slurm array, via submitit)
     slurm: {partition: gpu, gpus_per_node: 1, timeout_min: 1440}
 
-Variants land in results/<sweep>/<variant>/. A finished variant (its summary.json exists) is skipped
-on re-run, and an interrupted one resumes from its latest checkpoint, so a killed sweep picks up
-where it stopped. The sweep ends with summary.csv, summary.md and PNG plots in results/<sweep>/.
+A named variant may carry its own `reference:` (e.g. distillation read against the same
+quantization without it). Variants land in results/<sweep>/<variant>/, or with seeds in
+results/<sweep>/<variant>__seed=<k>/. A finished run (its summary.json exists) is skipped on
+re-run, and an interrupted one resumes from its latest checkpoint, so a killed sweep picks up where
+it stopped. The sweep ends with summary.csv, summary.md and figures in results/<sweep>/: per
+variant the mean +- std over seeds of validation and test PSNR/SSIM, test PSNR per exposure ratio,
+and the difference to the reference with its confidence interval (the statistic is described in
+core/sweep_summary.py) and whether that interval excludes 0.
 """
 import argparse
-import io
+import difflib
 import itertools
 import json
 import math
@@ -26,19 +33,31 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.config import ConfigError, apply_override, load_with_bases, load_config
-from core.files import read_csv, write_bytes_atomic, write_csv_atomic, write_text_atomic
+from core.files import write_csv_atomic, write_text_atomic
 from core.names import validation_error_line
 from core.records import format_table
 from core.runner import run_entry_point
+from core.sweep_plots import SWEEP_FIGURES, plot_sweep
+from core.sweep_summary import distinguishable, paired_difference, read_run, variant_row
 
 
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     set: dict[str, Any] = Field(default_factory=dict)
+    reference: Optional[str] = None  # the variant this one is read against (default: the sweep's)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, value):
+        # The name is the results folder and the table label, and must be both unchanged.
+        if not re.fullmatch(r"[A-Za-z0-9_.,=+-]+", value) or "__" in value:
+            raise ValueError("a variant name may hold only letters, digits and _ . , = + - (no '__', which "
+                             "separates swept keys), so that it names its folder exactly")
+        return value
 
 
 class SlurmSettings(BaseModel):
@@ -59,28 +78,32 @@ class SweepConfig(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     variants: list[Variant] = Field(default_factory=list)
+    seeds: Optional[list[int]] = None
+    reference: Optional[str] = None
     launcher: Literal["local", "slurm"] = "local"
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
 
 def _label(value) -> str:
+    """A swept value as text, in full: a results table must never shorten `DBF.DBF_conv9.lrelu_dup1`
+    or `w4_start_end_kd0.1`. A mapping is named by its keys (its values are in the variant's config.yaml)."""
     if isinstance(value, list):
         return ",".join(_label(v) for v in value)
     if isinstance(value, dict):
         return "+".join(f"{k}" for k in value)
-    text = str(value)
-    return text.rsplit(".", 1)[-1] if "." in text and not re.fullmatch(r"[\d.e+-]+", text) else text
+    return str(value)
 
 
 def _variant_name(named: Optional[Variant], point: dict) -> str:
-    parts = [named.name] if named else []
-    parts += [f"{key.rsplit('.', 1)[-1]}={_label(value)}" for key, value in point.items()]
-    name = "__".join(parts) or "base"
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "-", name)
+    # Swept values may hold characters a folder name cannot (a path's '/'): those become '-' in the
+    # name; the value columns of the summary keep the full text.
+    parts = [re.sub(r"[^A-Za-z0-9_.,=+-]", "-", f"{key.rsplit('.', 1)[-1]}={_label(value)}")
+             for key, value in point.items()]
+    return "__".join(([named.name] if named else []) + parts) or "base"
 
 
 def expand(sweep: SweepConfig) -> list[dict]:
-    """Every variant: its name, the overrides it applies, and the values of the swept keys."""
+    """Every variant: its name, the overrides it applies, the values of the swept keys, its reference."""
     keys = list(sweep.grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*(sweep.grid[k] for k in keys))] or [{}]
     named = sweep.variants or [None]
@@ -88,12 +111,31 @@ def expand(sweep: SweepConfig) -> list[dict]:
     for variant in named:
         for point in points:
             overrides = {**sweep.set, **(variant.set if variant else {}), **point}
+            reference = (variant.reference if variant else None) or sweep.reference
             variants.append({"name": _variant_name(variant, point), "overrides": overrides,
-                             "swept": {**({"variant": variant.name} if variant else {}), **point}})
+                             "named": variant.name if variant else None, "swept": point, "reference": reference})
     names = [v["name"] for v in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"sweep: variants share a name ({names}); give named variants distinct names")
+    for variant in variants:
+        wanted = variant["reference"]
+        if wanted is not None and wanted not in names:
+            close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.3)
+            raise ConfigError(f"sweep: reference {wanted!r} is not a variant of this sweep; "
+                              f"{'did you mean ' + ', '.join(close) if close else 'variants: ' + ', '.join(names)}")
+        if wanted == variant["name"]:
+            variant["reference"] = None  # the reference is not compared with itself
     return variants
+
+
+def expand_runs(sweep: SweepConfig, variants: list[dict]) -> list[dict]:
+    """One run per variant, or per variant and seed: {variant, seed, name (its folder), overrides}."""
+    if not sweep.seeds:
+        return [{"variant": v["name"], "seed": None, "name": v["name"], "overrides": v["overrides"]} for v in variants]
+    if len(set(sweep.seeds)) != len(sweep.seeds):
+        raise ConfigError(f"sweep: seeds {sweep.seeds} repeat a seed; list each seed once")
+    return [{"variant": v["name"], "seed": seed, "name": f"{v['name']}__seed={seed}",
+             "overrides": {**v["overrides"], "seed": seed}} for v in variants for seed in sweep.seeds]
 
 
 def load_sweep(path, overrides=()) -> SweepConfig:
@@ -121,13 +163,14 @@ def _flatten(overrides: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return pairs
 
 
-def variant_config(sweep: SweepConfig, variant: dict, results_dir: Path):
-    assignments = _flatten(variant["overrides"])
-    assignments += [("output.results_dir", str(results_dir)), ("output.experiment", variant["name"])]
+def variant_config(sweep: SweepConfig, run: dict, results_dir: Path):
+    """The run config of one variant (or variant and seed): `run` is an entry of expand / expand_runs."""
+    assignments = _flatten(run["overrides"])
+    assignments += [("output.results_dir", str(results_dir)), ("output.experiment", run["name"])]
     try:
         return load_config(sweep.base, assignments)
     except ConfigError as error:
-        raise ConfigError(f"sweep variant {variant['name']}: {error}") from None
+        raise ConfigError(f"sweep variant {run['name']}: {error}") from None
 
 
 def run_variant(config) -> dict:
@@ -142,82 +185,112 @@ def run_variant(config) -> dict:
 
 
 def summarise(sweep: SweepConfig, variants: list[dict], results_dir: Path) -> list[dict]:
+    """One row per variant with at least one finished run; writes summary.csv, summary.md and figures."""
+    finished = {}  # variant name -> {seed: run results}
+    for run in expand_runs(sweep, variants):
+        if (results_dir / run["name"] / "summary.json").exists():
+            finished.setdefault(run["variant"], {})[run["seed"]] = read_run(results_dir / run["name"])
     rows = []
     for variant in variants:
-        run_dir = results_dir / variant["name"]
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
+        if variant["name"] not in finished:
             continue
-        summary = json.loads(summary_path.read_text())
-        row = {"variant": variant["name"], **{k: _label(v) for k, v in variant["swept"].items()},
-               "best_val_psnr": summary.get("best_val_psnr"), "best_epoch": summary.get("best_epoch"),
-               "test_psnr": summary.get("test_psnr"), "test_ssim": summary.get("test_ssim"),
-               "ssim_variant": summary.get("test_ssim_variant")}
+        row = {"variant": variant["name"],
+               **({"named_variant": variant["named"]} if sweep.variants and sweep.grid else {}),
+               **{key: _label(value) for key, value in variant["swept"].items()},
+               **variant_row(finished[variant["name"]])}
+        reference = variant["reference"]
+        if reference in finished:
+            row["reference"] = reference
+            for metric in ("psnr", "ssim"):
+                difference = paired_difference(
+                    {seed: run["test_images"] for seed, run in finished[variant["name"]].items()},
+                    {seed: run["test_images"] for seed, run in finished[reference].items()}, metric)
+                row[f"d_test_{metric}"] = difference["difference"]
+                row[f"d_test_{metric}_ci_low"] = difference["ci_low"]
+                row[f"d_test_{metric}_ci_high"] = difference["ci_high"]
+                row[f"d_test_{metric}_distinguishable"] = distinguishable(difference)
+            row["ci_over"] = difference["ci_over"]
         rows.append(row)
-    rows.sort(key=lambda r: -(r["best_val_psnr"] if r["best_val_psnr"] is not None else -math.inf))
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    write_csv_atomic(results_dir / "summary.csv", rows, columns)
-    markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        markdown.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in
-                                          (row.get(c, "") for c in columns)) + " |")
-    write_text_atomic(results_dir / "summary.md",
-                      f"# Sweep {sweep.name}\n\nBase: `{sweep.base}`; sorted by best validation PSNR; "
-                      f"SSIM variant: {rows[0]['ssim_variant'] if rows else '-'}.\n\n" + "\n".join(markdown) + "\n")
-    _plot(sweep, variants, rows, results_dir)
+    rows.sort(key=lambda r: -(r["best_val_psnr"] if r.get("best_val_psnr") is not None else -math.inf))
+    write_csv_atomic(results_dir / "summary.csv", rows, _ordered_columns(rows))
+    write_text_atomic(results_dir / "summary.md", _markdown(sweep, rows))
+    plot_sweep(sweep, variants, rows, finished, results_dir)
     return rows
 
 
-def _plot(sweep, variants, rows, results_dir: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")  # no display: plots only go to files
-    import matplotlib.pyplot as plt
+def _ordered_columns(rows: list[dict]) -> list[str]:
+    present = list(dict.fromkeys(k for r in rows for k in r))
+    tail = [c for c in present if c.startswith(("reference", "d_test_", "ci_over"))] + \
+           [c for c in ("best_epoch", "metric_precision", "ssim_variant") if c in present]
+    return [c for c in present if c not in tail] + tail
 
-    def save(figure, name):
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-        plt.close(figure)
-        write_bytes_atomic(results_dir / name, buffer.getvalue())
 
-    ordered = sorted(rows, key=lambda r: r["variant"])
-    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(ordered) + 2), 3.5))
-    keys = list(sweep.grid)
-    numeric = (len(keys) == 1 and not sweep.variants
-               and all(isinstance(v["swept"].get(keys[0]), (int, float)) for v in variants))
-    if numeric:
-        points = sorted((float(next(v for v in variants if v["name"] == r["variant"])["swept"][keys[0]]),
-                         r["best_val_psnr"]) for r in ordered)
-        axis.plot([p[0] for p in points], [p[1] for p in points], "o-")
-        axis.set_xlabel(keys[0])
-    else:
-        axis.bar(range(len(ordered)), [r["best_val_psnr"] for r in ordered])
-        axis.set_xticks(range(len(ordered)), [r["variant"] for r in ordered], rotation=30, ha="right", fontsize=8)
-    axis.set_ylabel("best validation PSNR (dB)")
-    axis.set_title(f"sweep {sweep.name}")
-    save(figure, "best_psnr.png")
+def _plus_minus(row, key, digits=2) -> str:
+    mean, spread = row.get(key), row.get(f"{key}_std")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if spread is None or math.isnan(spread):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for row in ordered:
-        history = [r for r in read_csv(results_dir / row["variant"] / "metrics.csv") if r.get("psnr") not in ("", "nan")]
-        axis.plot([int(r["epoch"]) for r in history], [float(r["psnr"]) for r in history], marker=".",
-                  label=row["variant"])
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("validation PSNR (dB)")
-    axis.legend(fontsize=7)
-    save(figure, "psnr_curves.png")
+
+def _difference_text(row, metric="psnr", digits=3) -> str:
+    if f"d_test_{metric}" not in row or math.isnan(row[f"d_test_{metric}"]):
+        return ""
+    low, high = row[f"d_test_{metric}_ci_low"], row[f"d_test_{metric}_ci_high"]
+    interval = "" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return f"{row[f'd_test_{metric}']:+.{digits}f}{interval}"
+
+
+def display_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """The table people read (printed and in summary.md): mean ± std over seeds, test PSNR per ratio,
+    the difference to the reference with its 95% CI."""
+    ratios = list(dict.fromkeys(k.removeprefix("test_psnr_") for r in rows for k in r
+                                if k.startswith("test_psnr_x") and not k.endswith("_std")))
+    table = []
+    for row in rows:
+        line = {"variant": row["variant"], "seeds": row["seeds"],
+                "best_val_psnr": _plus_minus(row, "best_val_psnr"), "val SSIM": _plus_minus(row, "best_val_ssim", 4),
+                "test PSNR": _plus_minus(row, "test_psnr"), "test SSIM": _plus_minus(row, "test_ssim", 4)}
+        if "test_mono_psnr" in row:
+            line["test mono PSNR"] = _plus_minus(row, "test_mono_psnr")
+        line.update({f"test PSNR {ratio}": f"{row[f'test_psnr_{ratio}']:.2f}" if f"test_psnr_{ratio}" in row else "-"
+                     for ratio in ratios})
+        if any("reference" in r for r in rows):
+            line.update({"reference": row.get("reference", ""), "Δ test PSNR [95% CI]": _difference_text(row),
+                         "distinguishable": row.get("d_test_psnr_distinguishable", ""),
+                         "CI over": row.get("ci_over", "")})
+        table.append(line)
+    return table, list(dict.fromkeys(k for line in table for k in line))
+
+
+def _markdown(sweep: SweepConfig, rows: list[dict]) -> str:
+    table, columns = display_rows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(line.get(c, "")) for c in columns) + " |" for line in table]
+    mode = rows[0]["metric_precision"] if rows else "-"
+    variant = rows[0]["ssim_variant"] if rows else "-"
+    seeds = f"seeds {sweep.seeds}, values are mean ± std over seeds" if sweep.seeds else "one run per variant"
+    note = ("\n\nΔ: mean paired difference to the reference on the test images (same images, same seed), "
+            "95% CI as described in core/sweep_summary.py; distinguishable = the CI excludes 0."
+            if any("reference" in r for r in rows) else "")
+    return (f"# Sweep {sweep.name}\n\nBase: `{sweep.base}`; {seeds}; sorted by best validation PSNR "
+            f"(best_val_psnr). Metric: {mode} images, SSIM variant: {variant}.{note}\n\n" + "\n".join(lines) + "\n")
 
 
 def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None) -> list[dict]:
     variants = expand(sweep)
-    configs = [variant_config(sweep, v, Path("results") / sweep.name) for v in variants]  # every error up front
+    runs = expand_runs(sweep, variants)
+    configs = [variant_config(sweep, run, Path("results") / sweep.name) for run in runs]  # every error up front
     results_dir = configs[0].run_dir.parent
     results_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(results_dir / "sweep.yaml", yaml.safe_dump(sweep.model_dump(), sort_keys=False))
-    print(f"sweep {sweep.name}: {len(variants)} variant(s) -> {results_dir}")
+    seeds = f" x {len(sweep.seeds)} seed(s)" if sweep.seeds else ""
+    print(f"sweep {sweep.name}: {len(variants)} variant(s){seeds} -> {results_dir}")
     launcher = launcher or sweep.launcher
     if launcher == "local" and executor is None:
         for index, config in enumerate(configs, start=1):
-            print(f"=== variant {index}/{len(configs)}: {config.experiment}")
+            print(f"=== run {index}/{len(configs)}: {config.experiment}")
             run_variant(config)
     else:
         executor = executor or _slurm_executor(sweep, results_dir)
@@ -227,10 +300,13 @@ def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None)
         for job in jobs:
             job.result()  # waits; a failed variant raises here with its own error
     rows = summarise(sweep, variants, results_dir)
-    columns = [c for c in ("variant", *sweep.grid, "best_val_psnr", "best_epoch", "test_psnr", "test_ssim")
-               if any(c in r for r in rows)]
-    print(format_table(rows, columns))
-    print(f"sweep summary: {results_dir / 'summary.md'} (plots: best_psnr.png, psnr_curves.png)")
+    table, columns = display_rows(rows)
+    mode = f"metric {rows[0]['metric_precision']}, SSIM {rows[0]['ssim_variant']}" if rows else "no finished run"
+    print(f"\nsweep {sweep.name} ({mode}; best_val_psnr: validation PSNR at the best epoch"
+          f"{'; mean ± std over seeds' if sweep.seeds else ''})")
+    print(format_table(table, columns))
+    print(f"sweep summary: {results_dir / 'summary.md'} (all columns: summary.csv; figures: "
+          f"{', '.join(SWEEP_FIGURES)})")
     return rows
 
 

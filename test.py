@@ -3,9 +3,11 @@
     python test.py --config configfile/demo_fp.yaml [--checkpoint PATH] [--split test|val]
                    [--tile-size 512 --tile-overlap 32] [--save-images] [--set key=value ...]
 
-Writes per_image.csv (file, ratio, PSNR, SSIM) and summary.json (with the data root and list) under
+Writes per_image.csv (file, ratio, PSNR, SSIM, mono PSNR/SSIM) and summary.json (overall and per
+exposure ratio: psnr_x100, ...; the data root and list) under
 results/<experiment>/eval_<split>_<checkpoint name>/, never over the training run's own test_results/;
-an existing evaluation folder is kept unless --overwrite is given.
+an existing evaluation folder is kept unless --overwrite is given. Both files, and the printed table,
+name the metric mode (`val.metric_precision`) and the SSIM variant (`val.ssim`).
 Without --checkpoint it takes the run's best checkpoint (then its latest, then load_model).
 `--tile-size` evaluates full 4256x2848 frames in bounded memory.
 """

@@ -193,12 +193,14 @@ def validate_and_checkpoint(config, epoch, model, val_set, device, means, lr, st
     best_psnr, best_epoch = best
     row = {"epoch": epoch, "loss": means["loss"], "task_loss": means["task_loss"]}
     row.update({k: v for k, v in means.items() if k.startswith("distill[")})
-    row.update({"psnr": math.nan, "ssim": math.nan, "ssim_variant": config.val.ssim, "lr": lr})
+    row.update({"psnr": math.nan, "ssim": math.nan, "ssim_variant": config.val.ssim,
+                "metric_precision": config.val.metric_precision, "lr": lr})
     per_image = None
     if epoch % config.val.every == 0 or epoch == config.schedule.epochs:
         scores, per_image = evaluate(model, val_set, device, config.val.ssim, config.val.tile_size,
                                      config.val.tile_overlap, description=f"validate {epoch}",
-                                     statistics_passes=config.val.tile_statistics_passes)
+                                     statistics_passes=config.val.tile_statistics_passes,
+                                     metric_precision=config.val.metric_precision)
         row.update(psnr=scores["psnr"], ssim=scores["ssim"])
     row["seconds"] = time.time() - started
 
@@ -213,7 +215,8 @@ def validate_and_checkpoint(config, epoch, model, val_set, device, means, lr, st
         best_psnr, best_epoch = row["psnr"], epoch
         saver.save_best(payload(), epoch, best_psnr)
         write_csv_atomic(config.run_dir / "best_per_image.csv",
-                         [{"epoch": epoch, **r, "ssim_variant": config.val.ssim} for r in per_image])
+                         [{"epoch": epoch, **r, "ssim_variant": config.val.ssim,
+                           "metric_precision": config.val.metric_precision} for r in per_image])
     # The metrics row goes before the latest checkpoint: a kill between the two resumes from the
     # previous epoch, which trims this row and writes it again (never a missing row).
     log.append(row)

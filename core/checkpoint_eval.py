@@ -14,6 +14,7 @@ from core.config import Config, ConfigError
 from core.evaluate import evaluate
 from core.files import check_writable, write_csv_atomic, write_text_atomic
 from core.metrics import psnr, ssim
+from core.ratios import means_by_ratio
 from core.records import format_table
 from core.safe_load import load_torch_file
 from core.setup import (build_eval_dataset, build_float_model, check_split_lists, ensure_data, resolve_device,
@@ -61,7 +62,7 @@ def load_network(config: Config, checkpoint_path, device):
     return model.to(device).eval()
 
 
-def baseline_rows(dataset, ssim_variant):
+def baseline_rows(dataset, ssim_variant, metric_precision="float"):
     """The naive baseline: the short exposure amplified by the ratio and developed by rawpy."""
     rows = []
     for pair in dataset.pairs:
@@ -69,7 +70,8 @@ def baseline_rows(dataset, ssim_variant):
         developed = develop_short_exposure_baseline(pair.short_path, pair.ratio)
         height, width = (min(a, b) // 32 * 32 for a, b in zip(target.shape[:2], developed.shape[:2]))
         target, developed = target[:height, :width], developed[:height, :width]
-        rows.append({"baseline_psnr": psnr(developed, target), "baseline_ssim": ssim(developed, target, ssim_variant)})
+        rows.append({"baseline_psnr": psnr(developed, target, metric_precision),
+                     "baseline_ssim": ssim(developed, target, ssim_variant, metric_precision)})
     return rows
 
 
@@ -83,25 +85,45 @@ def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=No
     check_split_lists(config, (split,))
     dataset = build_eval_dataset(config, split, input_kind(config.model.name))
     save_images = config.output.save_images if save_images is None else save_images
-    means, rows = evaluate(model, dataset, device, config.val.ssim, config.val.tile_size, config.val.tile_overlap,
+    precision, variant = config.val.metric_precision, config.val.ssim
+    means, rows = evaluate(model, dataset, device, variant, config.val.tile_size, config.val.tile_overlap,
                            image_dir=out_dir / "images" if save_images else None, description=f"test ({split})",
-                           statistics_passes=config.val.tile_statistics_passes)
+                           statistics_passes=config.val.tile_statistics_passes, metric_precision=precision)
     list_name, protocol, exclude, _ = split_selection(config, split)
-    report = {"split": split, "protocol": protocol, **means, "checkpoint": str(checkpoint_path),
-              "data_root": str(Path(config.data.root).resolve()), "list": str(list_name),
-              "exclude_misaligned": exclude}
+    report = {"split": split, "protocol": protocol, "exclude_misaligned": exclude, **means,
+              "checkpoint": str(checkpoint_path), "data_root": str(Path(config.data.root).resolve()),
+              "list": str(list_name)}
     if with_baseline:
-        for row, extra in zip(rows, baseline_rows(dataset, config.val.ssim)):
+        for row, extra in zip(rows, baseline_rows(dataset, variant, precision)):
             row.update(extra)
         report["baseline_psnr"] = float(np.mean([r["baseline_psnr"] for r in rows]))
         report["baseline_ssim"] = float(np.mean([r["baseline_ssim"] for r in rows]))
-    write_csv_atomic(out_dir / "per_image.csv", [{**r, "ssim_variant": config.val.ssim} for r in rows])
+        report.update(means_by_ratio(rows, ("baseline_psnr", "baseline_ssim")))
+    write_csv_atomic(out_dir / "per_image.csv",
+                     [{**r, "ssim_variant": variant, "metric_precision": precision} for r in rows])
     write_text_atomic(out_dir / "summary.json", json.dumps(report, indent=2))
-    table = [{"method": "trained model", "PSNR (dB)": means["psnr"], f"SSIM ({config.val.ssim})": means["ssim"]}]
-    if with_baseline:
-        table.append({"method": "naive baseline (amplified short exposure, rawpy)",
-                      "PSNR (dB)": report["baseline_psnr"], f"SSIM ({config.val.ssim})": report["baseline_ssim"]})
     print(f"\n{split} split, protocol {report['protocol']}, {means['images']} images, checkpoint {checkpoint_path}")
-    print(format_table(table, list(table[0])))
+    print(f"metric: {precision} images, SSIM {variant}" +
+          (" (the DBF/DBLE authors' uint8 truncation)" if precision == "uint8" else ""))
+    print(format_table(*_report_table(report, with_baseline)))
     print(f"per-image results: {out_dir / 'per_image.csv'}")
     return report
+
+
+def _report_table(report, with_baseline):
+    """One line per method: overall PSNR/SSIM (mono beside RGB when the network has a mono head), then
+    PSNR per exposure ratio."""
+    ratios = [key.removeprefix("images_") for key in report if key.startswith("images_")]
+    ssim_column = f"SSIM ({report['ssim_variant']}, {report['metric_precision']})"
+    line = {"method": "trained model", "PSNR (dB)": report["psnr"], ssim_column: report["ssim"]}
+    if "mono_psnr" in report:
+        line.update({"mono PSNR": report["mono_psnr"], "mono SSIM": report["mono_ssim"]})
+    line.update({f"PSNR {ratio} ({report[f'images_{ratio}']})": report[f"psnr_{ratio}"] for ratio in ratios})
+    table = [line]
+    if with_baseline:
+        baseline = {"method": "naive baseline (amplified short exposure, rawpy)", "PSNR (dB)": report["baseline_psnr"],
+                    ssim_column: report["baseline_ssim"]}
+        baseline.update({f"PSNR {ratio} ({report[f'images_{ratio}']})": report[f"baseline_psnr_{ratio}"]
+                         for ratio in ratios})
+        table.append(baseline)
+    return table, list(dict.fromkeys(key for row in table for key in row))

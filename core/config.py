@@ -53,6 +53,8 @@ class DataConfig(Section):
     transpose: bool = False
     num_workers: int = 2
     decode_workers: int = 2
+    # all: every pair of train_list; dble: the DBF/DBLE authors' 181 pairs (data/sid.py select_training_pairs)
+    train_protocol: Literal["all", "dble"] = "all"
     val_protocol: Literal["all", "sid", "dble"] = "sid"
     test_protocol: Literal["all", "sid", "dble"] = "sid"
     exclude_misaligned: bool = True
@@ -124,6 +126,8 @@ class LossConfig(Section):
 class ValConfig(Section):
     every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
     ssim: Literal["skimage", "gaussian"] = "skimage"
+    # float: clipped float images; uint8: the DBF/DBLE authors' truncated 8-bit scoring (core/metrics.py)
+    metric_precision: Literal["float", "uint8"] = "float"
     tile_size: Optional[int] = None  # null: whole frames; else tiles of this size (multiple of 32)
     tile_overlap: int = 32
     # null: exact frame-wide channel-attention averages (4 short statistics passes + 1, see

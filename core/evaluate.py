@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from core.files import write_bytes_atomic
 from core.metrics import psnr, ssim, to_image
+from core.ratios import means_by_ratio
 from models import split_outputs
 
 # Five 2x max-poolings separate the DBF/DBLE input from its coarsest features (four after the
@@ -279,9 +280,12 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 @torch.no_grad()
 def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, overlap=32,
-             image_dir=None, description="eval", statistics_passes: Optional[int] = None):
-    """Per-image PSNR/SSIM on RGB clipped to [0, 1]; returns (means, rows). Tiling arguments as in
-    `predict`."""
+             image_dir=None, description="eval", statistics_passes: Optional[int] = None,
+             metric_precision: str = "float"):
+    """Per-image PSNR/SSIM on RGB clipped to [0, 1] (and on the mono image for networks with a mono
+    head), scored as `metric_precision` says (see core/metrics.py); returns (means, rows). The means
+    hold the overall values, one set per exposure ratio (`psnr_x100`, ...) and the metric mode and
+    SSIM variant they were computed with. Tiling arguments as in `predict`."""
     was_training = model.training
     model.eval()
     # Fake quantizers whose observers stay on in QAT (PACT's) would keep moving their ranges while
@@ -295,11 +299,16 @@ def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, ove
         for index in tqdm(range(len(dataset)), desc=description, leave=False, dynamic_ncols=True):
             item = dataset[index]
             inputs = item["input"].unsqueeze(0).to(device)
-            _, rgb = split_outputs(predict(model, inputs, tile_size, overlap, statistics_passes))
+            mono, rgb = split_outputs(predict(model, inputs, tile_size, overlap, statistics_passes))
             prediction = rgb[0].float().clamp(0, 1).cpu()
             target = item["rgb"]
             row = {"file": Path(item.get("short_path", item["name"])).name, "ratio": float(item["ratio"]),
-                   "psnr": psnr(prediction, target), "ssim": ssim(prediction, target, ssim_variant)}
+                   "psnr": psnr(prediction, target, metric_precision),
+                   "ssim": ssim(prediction, target, ssim_variant, metric_precision)}
+            if mono is not None and "mono" in item:
+                mono_prediction = mono[0].float().clamp(0, 1).cpu()
+                row["mono_psnr"] = psnr(mono_prediction, item["mono"], metric_precision)
+                row["mono_ssim"] = ssim(mono_prediction, item["mono"], ssim_variant, metric_precision)
             rows.append(row)
             if image_dir is not None:
                 save_png(Path(image_dir) / f"{Path(row['file']).stem}.png", prediction)
@@ -308,7 +317,8 @@ def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, ove
         model.train(was_training)
         for module in observing:
             module.observer_enabled[0] = 1
-    means = {"psnr": float(np.mean([r["psnr"] for r in rows])) if rows else math.nan,
-             "ssim": float(np.mean([r["ssim"] for r in rows])) if rows else math.nan,
-             "images": len(rows), "ssim_variant": ssim_variant}
+    keys = [key for key in ("psnr", "ssim", "mono_psnr", "mono_ssim") if rows and key in rows[0]] or ["psnr", "ssim"]
+    means = {key: float(np.mean([r[key] for r in rows])) if rows else math.nan for key in keys}
+    means.update(images=len(rows), ssim_variant=ssim_variant, metric_precision=metric_precision)
+    means.update(means_by_ratio(rows, keys))
     return means, rows

@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from core.config import Config, ConfigError
 from data.raw_cache import RawCache
-from data.sid import SIDEvalDataset, SIDTrainDataset, prepare_split, read_list, resolve_list_file, select_pairs
+from data.sid import (SIDEvalDataset, SIDTrainDataset, prepare_split, read_list, resolve_list_file, select_pairs,
+                      select_training_pairs)
 from data.synthetic import generate_synthetic_sid
 from models import build_model, input_kind as network_input_kind
 from models.weights import load_weights
@@ -62,6 +63,8 @@ def split_selection(config: Config, split: str):
 
 
 def split_pairs(config: Config, split: str):
+    if split == "train" and config.data.train_protocol != "all":
+        return _protocol_training_pairs(config)
     list_name, protocol, exclude, limit = split_selection(config, split)
     return prepare_split(config.data.root, list_name, protocol, exclude, _cache_dir(config),
                          config.data.decode_workers, limit)
@@ -71,10 +74,26 @@ def check_split_lists(config: Config, splits=("train", "val", "test")) -> None:
     """Read and parse every list file a run will use, before hours of decoding or training: a missing val
     list or a malformed test-list line must not surface only when that split is reached."""
     for split in splits:
+        if split == "train" and config.data.train_protocol != "all":
+            _protocol_training_pairs(config, decode=False)
+            continue
         list_name, protocol, exclude, _ = split_selection(config, split)
         list_file = resolve_list_file(config.data.root, list_name)
         if not select_pairs(read_list(list_file, config.data.root), protocol, exclude):
             raise ConfigError(f"data.{split}_list: {list_file} has no pair under protocol {protocol!r}")
+
+
+def _protocol_training_pairs(config: Config, decode: bool = True):
+    """Training pairs drawn from more than the train list (data.train_protocol: dble), decoded into the cache."""
+    data = config.data
+    lists = [read_list(resolve_list_file(data.root, name), data.root) for name in (data.train_list, data.val_list)]
+    pairs = select_training_pairs(*lists, data.train_protocol)[:data.max_train_pairs]
+    if not pairs:
+        raise ConfigError(f"data.train_protocol: {data.train_protocol} selects no pair from {data.train_list} and "
+                          f"{data.val_list} under {data.root}; use train_protocol: all")
+    if decode:
+        _cache(config).build([p.short_path for p in pairs], [p.long_path for p in pairs], workers=data.decode_workers)
+    return pairs
 
 
 def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0, world_size: int = 1):

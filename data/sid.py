@@ -131,6 +131,23 @@ def select_pairs(pairs: Sequence[SIDPair], protocol: str, exclude_misaligned: bo
     return selected
 
 
+TRAIN_PROTOCOLS = ("all", "dble")
+# The DBF/DBLE authors' training set (train_on_SID.py): burst 00, 0.1 s inputs, of the train and
+# val scene lists together, at x100 and x300 only. 181 pairs on the official lists.
+DBLE_TRAIN_RATIOS = (100.0, 300.0)
+
+
+def select_training_pairs(train_pairs: Sequence[SIDPair], val_pairs: Sequence[SIDPair], protocol: str) -> list[SIDPair]:
+    """'all': every pair of the train list (1,865 on SID); 'dble': the DBF/DBLE authors' 181 pairs,
+    taken from the train and the val list (validation scenes are then seen in training, as theirs were)."""
+    if protocol not in TRAIN_PROTOCOLS:
+        raise ValueError(f"unknown train protocol {protocol!r}; choices: {', '.join(TRAIN_PROTOCOLS)}")
+    if protocol == "all":
+        return list(train_pairs)
+    return [pair for pair in select_pairs([*train_pairs, *val_pairs], "dble", exclude_misaligned=False)
+            if any(np.isclose(pair.ratio, ratio) for ratio in DBLE_TRAIN_RATIOS)]
+
+
 def prepare_split(
     root: str | os.PathLike,
     list_name: str | os.PathLike,

@@ -1,6 +1,8 @@
 """The networks users load published weights into: exact parameter counts, the authors' key
 names, strict loading with readable mismatch errors, and torch.fx tracing (MQBench needs it)."""
 import torch
+
+from core.safe_load import CheckpointError
 import torch.fx
 import pytest
 
@@ -82,7 +84,7 @@ def test_mismatched_weights_name_missing_and_unexpected_keys(tmp_path):
 def test_unreadable_weights_file_is_named(tmp_path):
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="garbage.pth: not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match="garbage.pth: not a readable torch file"):
         load_weights(build_model("dbf_dble", width=0.25), path)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         load_weights(build_model("dbf_dble", width=0.25), tmp_path / "absent.pth")
