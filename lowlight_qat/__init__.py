@@ -24,13 +24,14 @@ from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 
-from distill import Distiller, LayerTrace
-from models import build_model, split_outputs
-from models.contract import check_declared, check_outputs
+from core.config import LossConfig
+from core.loss import task_loss
 from core.names import nearest
+from distill import Distiller, LayerTrace
+from models import build_model
+from models.contract import check_declared, check_outputs
 from models.tracing import UntraceableNetworkError, check_traceable
 from models.weights import load_weights
 from quant import QuantSchemeConfig, param_groups, parse_quant_scheme
@@ -107,13 +108,9 @@ def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str
 
 
 def mse_task_loss(outputs, batch) -> torch.Tensor:
-    """MSE on RGB (and mono when both the network and the batch have it): the Hessian ranking's loss;
-    an L1 loss has no curvature on piecewise-linear layers (distill/hessian.py)."""
-    mono, rgb = split_outputs(outputs)
-    loss = F.mse_loss(rgb, batch["rgb"])
-    if mono is not None and isinstance(batch, dict) and "mono" in batch:
-        loss = loss + F.mse_loss(mono, batch["mono"])
-    return loss
+    """The task loss with MSE and unit weights (core/loss.py), the Hessian ranking's default: L1 has
+    no curvature on piecewise-linear layers (distill/hessian.py). Two-output networks need batch['mono']."""
+    return task_loss(outputs, batch, LossConfig(), distance="mse")
 
 
 def rank_layers(model: nn.Module, batches: Iterable, loss=mse_task_loss, layers: Optional[list[str]] = None,
