@@ -71,8 +71,34 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: Literal["dbf_dble", "sid_unet"] = "dbf_dble"
+    # A name registered in models.MODELS, or package.module:ClassName of a network following
+    # models/contract.py; checked (module imported, contract read) when the config loads.
+    name: str = "dbf_dble"
     width: float = Field(1.0, gt=0)  # channel multiplier; 1.0 = the published network
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the network's constructor
+
+    @field_validator("name")
+    @classmethod
+    def _known_network(cls, value):
+        from models import resolve_network
+        resolve_network(value, where=None)
+        return value
+
+    @field_validator("width")
+    @classmethod
+    def _network_takes_width(cls, value, info):
+        from models import check_width, resolve_network
+        if "name" in info.data:
+            check_width(resolve_network(info.data["name"]), value, where=None)
+        return value
+
+    @field_validator("kwargs")
+    @classmethod
+    def _network_takes_kwargs(cls, value, info):
+        from models import check_kwargs, resolve_network
+        if "name" in info.data:
+            check_kwargs(resolve_network(info.data["name"]), value, where=None)
+        return value
 
 
 class OptimConfig(Section):

@@ -124,7 +124,7 @@ def build_eval_batches(config: Config, split: str = "val", count: int = 4, input
 
 
 def build_float_model(config: Config, weights=None):
-    model = build_model(config.model.name, config.model.width)
+    model = build_model(config.model.name, config.model.width, config.model.kwargs)
     if weights:
         load_weights(model, weights)
     return model

@@ -25,7 +25,8 @@ def export_run(config, checkpoint_path, out_dir=None, height: Optional[int] = No
     model = load_network(config, checkpoint_path, torch.device("cpu"))
     example_hw = (height or config.onnx_export.height, width or config.onnx_export.width)
     source = {"experiment": config.experiment, "checkpoint": str(checkpoint_path),
-              "model": config.model.name, "width": config.model.width}
+              "model": config.model.name, "width": config.model.width,
+              "kwargs": config.model.kwargs}
     report = export_model(model, out_dir, opset=opset or config.onnx_export.opset, example_hw=example_hw,
                           source=source)
     if verbose:

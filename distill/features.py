@@ -34,6 +34,7 @@ from torch.fx import GraphModule
 
 from core.graph_ops import is_rearranging
 from core.names import nearest_text
+from models.tracing import explain_trace_failure
 
 # The activation modules whose outputs are the default candidates for the Hessian ranking.
 ACTIVATION_TYPES = (nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU,
@@ -83,7 +84,8 @@ def trace_for_features(model, freeze=False):
     if isinstance(model, GraphModule) and not _reused_call_targets(model.graph):
         graph_module = model
     else:
-        graph = _mqbench_tracer().trace(model)
+        with explain_trace_failure(model):
+            graph = _mqbench_tracer().trace(model)
         root = dict(model.named_modules())
         calls = {}
         for node in graph.nodes:
@@ -205,9 +207,11 @@ class FeatureTaps:
                 raise ValueError(f"{role}: no layer {name!r}{hint}; nearest: {nearest_text(name, callable_names)}")
             tap = self._quantizer_reading(graph, modules, name) if (graph is not None and after_fake_quantizer) else None
             self.tap_points[name] = tap or name
-            self._handles.append(modules[self.tap_points[name]].register_forward_hook(self._recorder(name)))
+            tapped = modules[self.tap_points[name]]
+            self._handles.append(tapped.register_forward_hook(self._recorder(name, tapped)))
         # A new forward starts: forget the previous one so a stale tensor is never compared.
-        self._handles.append(model.register_forward_pre_hook(lambda module, args: self.outputs.clear()))
+        self._handles.append(model.register_forward_pre_hook(
+            lambda module, args: self.outputs.clear() if module is model else None))
 
     @staticmethod
     def _quantizer_reading(graph, modules, name):
@@ -220,8 +224,10 @@ class FeatureTaps:
                 return None
         return None
 
-    def _recorder(self, name):
+    def _recorder(self, name, tapped):
         def record(module, args, output):
+            if module is not tapped:
+                return  # a deep copy of the model (the ONNX exporter makes one) carries the hooks along
             if name in self.outputs:
                 raise RuntimeError(f"{self.role}: layer {name!r} ran twice in one forward; its calls need "
                                    "separate names (trace the model with trace_for_features)")

@@ -1,19 +1,88 @@
-"""Networks chosen by `model.name` in the config."""
+"""Networks chosen by `model.name` in the config: a registered name below, or an import path
+`package.module:ClassName` of any network that follows models/contract.py (`model.kwargs` go to its
+constructor; `model.width` to networks whose constructor takes `width`)."""
+import inspect
+
+from models.contract import check_declared, check_outputs, message_prefix
 from models.dbf_dble import DBFDBLE
+from core.names import nearest
+from models.plugins import is_import_path, resolve_import_path
 from models.sid_unet import SIDUNet
 
+# The one list of built-in names; core/config.py validates model.name against it.
 MODELS = {"dbf_dble": DBFDBLE, "sid_unet": SIDUNet}
 
 
-def build_model(name: str, width: float = 1.0):
-    if name not in MODELS:
-        raise ValueError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](width=width)
+def resolve_network(name: str, where: str = "model.name") -> type:
+    """The network class of a registered name or an import path, its contract declarations checked.
+    Imports the plug-in's module but builds nothing. `where` prefixes error messages."""
+    if not isinstance(name, str):
+        raise ValueError(f"{message_prefix(where)}expected a name or package.module:ClassName, "
+                         f"got {type(name).__name__}")
+    if is_import_path(name):
+        network_class = resolve_import_path(name, where)
+    elif name in MODELS:
+        network_class = MODELS[name]
+    else:
+        close = nearest(name, MODELS)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{message_prefix(where)}unknown model {name!r}; {hint}choose one of {sorted(MODELS)} "
+                         "or give package.module:ClassName")
+    check_declared(network_class, where)
+    return network_class
+
+
+def _label(where, key) -> str:
+    return f"{where}.{key}: " if where else ""
+
+
+def check_width(network_class: type, width: float, where: str = "model") -> None:
+    """`model.width` reaches networks whose constructor takes `width`; elsewhere only 1.0 is valid."""
+    if width != 1.0 and "width" not in inspect.signature(network_class).parameters:
+        raise ValueError(f"{_label(where, 'width')}{network_class.__name__} takes no width argument; "
+                         "set its size through model.kwargs")
+
+
+def check_kwargs(network_class: type, kwargs, where: str = "model") -> None:
+    """Every key is an argument of the constructor, and every argument without a default is given."""
+    parameters = inspect.signature(network_class).parameters
+    name = network_class.__name__
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in kwargs or {}:
+        if key not in named and not accepts_any:
+            close = nearest(key, named)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{_label(where, 'kwargs')}{name} has no argument {key!r}; {hint}"
+                             f"its arguments: {', '.join(named) or 'none'}")
+    missing = [n for n in named if parameters[n].default is inspect.Parameter.empty
+               and n not in (kwargs or {}) and n != "width"]
+    if missing:
+        raise ValueError(f"{_label(where, 'kwargs')}{name} needs {', '.join(missing)}")
+
+
+def constructor_arguments(network_class: type, width: float = 1.0, kwargs=None, where: str = "model") -> dict:
+    """Keyword arguments for the network's constructor: `kwargs`, plus `width` where it takes one."""
+    check_width(network_class, width, where)
+    check_kwargs(network_class, kwargs, where)
+    arguments = dict(kwargs or {})
+    if "width" in inspect.signature(network_class).parameters:
+        arguments.setdefault("width", width)
+    return arguments
+
+
+def build_model(name: str, width: float = 1.0, kwargs=None, check: bool = True):
+    """Build the network and (with `check`) run one small forward to check its declared outputs."""
+    network_class = resolve_network(name)
+    model = network_class(**constructor_arguments(network_class, width, kwargs))
+    if check:
+        check_outputs(model, f"model.name {name}")
+    return model
 
 
 def input_kind(name: str) -> str:
     """'mosaic' or 'packed': what the data loader must give the network, without building it."""
-    return MODELS[name].input_kind
+    return resolve_network(name).input_kind
 
 
 def split_outputs(outputs):

@@ -148,7 +148,8 @@ class DBLE(nn.Module):
 class DBFDBLE(nn.Module):
     """RAW mosaic (B,1,H,W), H and W multiples of 32 -> (mono (B,1,H,W), rgb (B,3,H,W))."""
 
-    input_kind = "mosaic"
+    input_kind = "mosaic"  # see models/contract.py
+    outputs = ("mono", "rgb")
 
     def __init__(self, width=1.0):
         super().__init__()

@@ -9,7 +9,8 @@ from models.dbf_dble import Conv_LReLU_2, _channels, init_weights
 
 
 class SIDUNet(nn.Module):
-    input_kind = "packed"
+    input_kind = "packed"  # see models/contract.py
+    outputs = ("rgb",)
 
     def __init__(self, width=1.0):
         super().__init__()

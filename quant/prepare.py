@@ -82,6 +82,7 @@ from mqbench.utils.state import enable_calibration, enable_quantization
 
 from core.graph_ops import is_rearranging
 from core.names import nearest
+from models.tracing import check_traceable
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
 from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
 
@@ -364,6 +365,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     """
     scheme = parse_quant_scheme(scheme)
     special = parse_special_layers(special_layer)
+    check_traceable(model)  # one line naming the module, rather than torch.fx's traceback from inside MQBench
     extra_quantizer = {}
     if scheme.quantize_transposed_conv_input:
         extra_quantizer["additional_module_type"] = (QATConvTranspose2d,)
@@ -395,6 +397,9 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     # Read by calibrate() and param_groups(); plain attributes, not part of the state dict.
     prepared.quant_scheme = scheme
     prepared.special_layers = special
+    for declared in ("input_kind", "outputs"):  # the network contract (models/contract.py), lost by tracing
+        if hasattr(model, declared):
+            setattr(prepared, declared, getattr(model, declared))
     return prepared
 
 

@@ -1,0 +1,1 @@
+"""Networks and scripts that use the harness from outside models/ (the plug-in path)."""
