@@ -10,7 +10,6 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
 
 from core.config import load_config
 from core.records import format_table
@@ -21,7 +20,7 @@ def main(argv):
     started = time.time()
     import sweep
     import train
-    from deploy import export_run
+    from core.export import export_run
 
     print("=== 1/3 full-precision teacher (configfile/demo_fp.yaml)")
     teacher = train.run(load_config("configfile/demo_fp.yaml"), overwrite=True)

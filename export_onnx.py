@@ -31,7 +31,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_entry_config(args.config, args.set, check_files=False)
     checkpoint = args.checkpoint or default_checkpoint(config)
-    from deploy import export_run
+    from core.export import export_run
     report = export_run(config, checkpoint, args.out, args.height, args.width, args.opset)
     if not report["passed"]:
         print("error: an export check failed; see the report", file=sys.stderr)

@@ -251,7 +251,7 @@ def finish(config, saver, best, device, weights_path):
     summary.update({f"test_{k}": v for k, v in report.items()})
     write_text_atomic(config.run_dir / "summary.json", json.dumps(summary, indent=2))
     if config.onnx:
-        from deploy import export_run
+        from core.export import export_run
         export_run(config, checkpoint, config.artifacts_dir / config.experiment)
     print(f"results in {config.run_dir}")
     return summary

@@ -1,4 +1,5 @@
-"""Export a trained run: what export_onnx.py and train.py (`onnx: true`) call."""
+"""Export a trained run: what export_onnx.py, demo.py and train.py (`onnx: true`) call. It joins the
+harness (config, checkpoint) to the deploy/ library, which itself knows nothing of either."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from core.checkpoint_eval import load_network
 from deploy.onnx_export import REPORT_FILE, export_model
 
 
@@ -19,8 +21,6 @@ def export_run(config, checkpoint_path, out_dir=None, height: Optional[int] = No
     with 'quantized': True is prepared with the quant_scheme/special_layer/quantize_output stored in
     its own config and loaded with quant.load_quantized_state; anything else loads as float weights.
     """
-    from core.checkpoint_eval import load_network
-
     out_dir = Path(out_dir) if out_dir is not None else config.artifacts_dir / config.experiment
     model = load_network(config, checkpoint_path, torch.device("cpu"))
     example_hw = (height or config.onnx_export.height, width or config.onnx_export.width)
