@@ -29,6 +29,7 @@ from core.records import MetricsLog
 import core.runner
 from core.runner import run_entry_point
 from core.setup import build_eval_dataset, build_float_model, build_train_loader, ensure_data, resolve_device
+from core.speed import Speed
 from models import split_outputs
 
 
@@ -151,6 +152,7 @@ def _run(config, resume, overwrite, ddp):
         if main_process:
             shutil.rmtree(run_dir)
     device = resolve_device(config, ddp.local_rank if ddp.enabled else None)
+    speed = Speed(config, device)  # speed.* and deterministic (core/speed.py)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -164,7 +166,7 @@ def _run(config, resume, overwrite, ddp):
     input_kind = build_float_model(config).input_kind
     if not main_process:
         ddp.barrier()  # rank 0 decodes the raw files into the cache first; the others then read it
-    train_loader = build_train_loader(config, input_kind, config.seed, ddp.rank, ddp.world_size)
+    train_loader = build_train_loader(config, input_kind, config.seed, ddp.rank, ddp.world_size, device)
     if main_process:
         ddp.barrier()
     val_set = build_eval_dataset(config, "val", input_kind) if main_process else None
@@ -180,8 +182,10 @@ def _run(config, resume, overwrite, ddp):
         checkpoint = torch.load(latest, map_location="cpu", weights_only=False)
         if main_process:
             print(f"resuming from {latest} (epoch {checkpoint['epoch']})")
-    model = prepare_student(config, device, train_loader, checkpoint, main_process)
+    model = speed.prepare(prepare_student(config, device, train_loader, checkpoint, main_process))
     distillation = prepare_distillation(config, model, device)
+    if distillation is not None:
+        distillation["teacher"] = speed.wrap(speed.prepare(distillation["teacher"]))
 
     # Optimizer: built after calibration, which resizes per-channel quantizer scales.
     if config.quant:
@@ -197,6 +201,7 @@ def _run(config, resume, overwrite, ddp):
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         restore_rng_state(checkpoint["rng"])
+        speed.load_state_dict(checkpoint.get("grad_scaler"))
         start_epoch = checkpoint["epoch"] + 1
         best_psnr, best_epoch = checkpoint["best_psnr"], checkpoint["best_epoch"]
         if main_process:
@@ -206,7 +211,8 @@ def _run(config, resume, overwrite, ddp):
         # Quantizer parameters a step does not touch (e.g. an unused zero point) must not stall DDP.
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.quant)
+            find_unused_parameters=distributed.find_unused_parameters(model, config, device))
+    network = speed.wrap(network)
     log = MetricsLog(run_dir, config.output.tensorboard, checkpoint["epoch"] if checkpoint else None) \
         if main_process else None
 
@@ -235,11 +241,9 @@ def _run(config, resume, overwrite, ddp):
             if not ddp.all_finite(loss):
                 raise FloatingPointError(f"loss is not finite at epoch {epoch}, step {step} (batch "
                                          f"{', '.join(batch['name'])}); last good checkpoint: {saver.latest()}")
-            (loss / accumulate).backward()
+            speed.backward(loss / accumulate)
             if step % accumulate == 0 or step == iterations:
-                if config.optim.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                optimizer.step()
+                speed.step(optimizer, model.parameters(), config.optim.grad_clip)
                 optimizer.zero_grad(set_to_none=True)
             terms["loss"] = loss.item()
             for key, value in terms.items():
@@ -266,6 +270,7 @@ def _run(config, resume, overwrite, ddp):
             payload = {"model": student_state(model, config.quant), "quantized": config.quant,
                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                        "epoch": epoch, "rng": rng_state(), "config": config.model_dump(mode="json"),
+                       "grad_scaler": speed.state_dict(),
                        "psnr": row["psnr"], "ssim": row["ssim"]}
             if not math.isnan(row["psnr"]) and row["psnr"] > best_psnr:
                 best_psnr, best_epoch = row["psnr"], epoch
