@@ -61,10 +61,10 @@ class DataConfig(Section):
     max_val_pairs: Optional[int] = None
     max_test_pairs: Optional[int] = None
 
-    @field_validator("num_workers")
+    @field_validator("num_workers", mode="before")
     @classmethod
     def _worker_count(cls, value):
-        if value != "auto" and value < 0:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError("must be auto or a number of worker processes >= 0")
         return value
 

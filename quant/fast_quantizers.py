@@ -47,26 +47,29 @@ class _PerTensorLSQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, quant_min, quant_max, grad_factor):
-        inverse = 1.0 / scale
-        # ATen rounds the zero point half to even and clamps it into the range.
-        zero = torch.clamp(torch.round(zero_point), quant_min, quant_max)
-        levels = torch.clamp(torch.round(x.float() * inverse) + zero, quant_min, quant_max)
+        # ATen rounds the zero point half to even and clamps it into the range. The tensor-qparams
+        # kernel is the very kernel MQBench's op ends in (one pass; on CUDA it reads scale and zero
+        # point in the kernel, no host read).
+        zero = torch.clamp(torch.round(zero_point), quant_min, quant_max).to(torch.int32)
+        y = torch.fake_quantize_per_tensor_affine(x, scale, zero, quant_min, quant_max)
         # Only x is kept (its storage is shared with whoever else saved it); the rest is recomputed.
-        ctx.save_for_backward(x, scale, zero_point, inverse)
+        ctx.save_for_backward(x, scale, zero_point)
         ctx.constants = (quant_min, quant_max, grad_factor)
-        return ((levels - zero) * scale).to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, scale, zero_point, inverse = ctx.saved_tensors
+        x, scale, zero_point = ctx.saved_tensors
         quant_min, quant_max, grad_factor = ctx.constants
         input_dtype, x, dy = x.dtype, x.float(), dy.float()
+        inverse = 1.0 / scale
         # ATen's backward takes the zero point as int(clamp(z + 0.5)), truncated.
         zero = torch.trunc(torch.clamp(zero_point + 0.5, quant_min, quant_max))
-        unclamped = torch.round(zero + x * inverse)
-        inside = (unclamped >= quant_min) & (unclamped <= quant_max)
+        unclamped = torch.round(x * inverse + zero)
+        clamped = torch.clamp(unclamped, quant_min, quant_max)
+        inside = clamped == unclamped
         dx = dy * inside
-        levels = torch.clamp(unclamped, quant_min, quant_max) - zero
+        levels = clamped - zero
         # d y / d scale: (y - x) / s inside the range, (q_limit - z) where clamped.
         per_element = torch.where(inside, (levels * scale - x) * inverse, levels)
         dscale = (dy * per_element).sum().reshape(1) * grad_factor
