@@ -11,9 +11,16 @@ from mqbench.observer import EMAMinMaxObserver, MinMaxObserver
 from models.dbf_dble import DBFDBLE
 from quant import calibrate, fake_quantizers, load_quantized_state, prepare_quantized_model, quantized_state
 from quant.fast_quantizers import LearnableFakeQuantize as FastLSQ
+from quant import fast_quantizers
 from quant.fast_quantizers import use_fast_quantizers
 
 TOLERANCE = dict(rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(autouse=True)
+def portable_path(monkeypatch):
+    """The per-tensor Function that GPUs run, also on this CPU (which otherwise uses ATen's fused op)."""
+    monkeypatch.setattr(fast_quantizers, "PORTABLE_PER_TENSOR_ON_CPU", True)
 
 
 def pair(per_channel, symmetric, bits=4, shape=(6, 3, 5, 5)):
