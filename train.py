@@ -208,10 +208,7 @@ def _run(config, resume, overwrite, ddp):
             saver.drop_after(checkpoint["epoch"])
     network = model
     if ddp.enabled:
-        # Quantizer parameters a step does not touch (e.g. an unused zero point) must not stall DDP.
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=distributed.find_unused_parameters(model, config, device))
+        network = distributed.wrap_model(model, config, device)
     network = speed.wrap(network)
     log = MetricsLog(run_dir, config.output.tensorboard, checkpoint["epoch"] if checkpoint else None) \
         if main_process else None

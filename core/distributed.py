@@ -101,6 +101,21 @@ def find_unused_parameters(model: torch.nn.Module, config, device) -> bool:
     return bool(parameters_without_gradient(model, torch.zeros(1, channels, size, size, device=device)))
 
 
+# Quantizer switches: equal on every rank, changed only by calibration. DDP would rewrite them from
+# rank 0 before every forward, and the sync-free quantizers would then read them back from the GPU.
+_RANK_INVARIANT_BUFFERS = ("observer_enabled", "fake_quant_enabled", "eps")
+
+
+def wrap_model(model: torch.nn.Module, config, device) -> torch.nn.Module:
+    """The model under DistributedDataParallel: on this rank's GPU (or gloo on CPU), searching for
+    unused parameters only when needed, without re-broadcasting the quantizer switches each step."""
+    ignored = [name for name, _ in model.named_buffers() if name.rsplit(".", 1)[-1] in _RANK_INVARIANT_BUFFERS]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters(model, config, device))
+
+
 def stop(context: Distributed) -> None:
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
