@@ -29,6 +29,7 @@ from core.runner import load_entry_config, run_entry_point
 from core.safe_load import load_torch_file
 from core.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, ensure_data,
                         resolve_device)
+from core.speed import Speed
 from models import input_kind as model_input_kind
 
 
@@ -150,7 +151,7 @@ def make_optimizer(config, model):
 
 # ----------------------------------------------------------------------------- one epoch
 
-def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller, ddp, device, saver):
+def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller, ddp, device, saver, speed):
     """`iterations` steps with gradient accumulation; returns the epoch's mean loss terms over ranks."""
     network.train()
     iterations = config.schedule.iters_per_epoch or len(loader)
@@ -171,11 +172,9 @@ def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller,
         if not ddp.all_finite(loss):
             raise FloatingPointError(f"loss is not finite at epoch {epoch}, step {step} (batch "
                                      f"{', '.join(batch['name'])}); last good checkpoint: {saver.latest()}")
-        (loss / accumulate).backward()
+        speed.backward(loss / accumulate)
         if step % accumulate == 0 or step == iterations:
-            if config.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            optimizer.step()
+            speed.step(optimizer, model.parameters(), config.optim.grad_clip)
             optimizer.zero_grad(set_to_none=True)
         terms["loss"] = loss.item()
         for key, value in terms.items():
@@ -187,7 +186,7 @@ def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller,
 
 
 def validate_and_checkpoint(config, epoch, model, val_set, device, means, lr, started, optimizer, scheduler,
-                            saver, log, best):
+                            saver, log, best, speed):
     """Validation (every `val.every` epochs and the last), the metrics row, best and latest checkpoints.
     `best` is (PSNR, epoch) so far; returns it updated."""
     best_psnr, best_epoch = best
@@ -208,7 +207,7 @@ def validate_and_checkpoint(config, epoch, model, val_set, device, means, lr, st
         return training_payload(model_state=student_state(model, config.quant), quantized=config.quant,
                                 optimizer=optimizer, scheduler=scheduler, epoch=epoch,
                                 config=config.model_dump(mode="json"), psnr=row["psnr"], ssim=row["ssim"],
-                                best_psnr=best_psnr, best_epoch=best_epoch)
+                                best_psnr=best_psnr, best_epoch=best_epoch, grad_scaler=speed.state_dict())
 
     # Best first, so that a kill between the two writes never loses the best.
     if not math.isnan(row["psnr"]) and row["psnr"] > best_psnr:
@@ -272,6 +271,7 @@ def run(config, resume=False, overwrite=False):
 def _run(config, resume, overwrite, ddp):
     run_dir, main_process = config.run_dir, ddp.is_main
     device = resolve_device(config, ddp.local_rank if ddp.enabled else None)
+    speed = Speed(config, device)  # speed.* and deterministic (core/speed.py)
     random.seed(config.seed)  # before the networks are built: their initialisation draws from it
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -312,7 +312,7 @@ def _run(config, resume, overwrite, ddp):
     input_kind = model_input_kind(config.model.name)
     if not main_process:
         ddp.barrier()
-    train_loader = build_train_loader(config, input_kind, config.seed, ddp.rank, ddp.world_size)
+    train_loader = build_train_loader(config, input_kind, config.seed, ddp.rank, ddp.world_size, device)
     if main_process:
         ddp.barrier()
     val_set = build_eval_dataset(config, "val", input_kind) if main_process else None
@@ -324,31 +324,34 @@ def _run(config, resume, overwrite, ddp):
         rows = quant_plan_rows(model)
         write_quant_plan(rows, run_dir / "quant_plan.csv")
         print(format_quant_plan(rows))
+    model = speed.prepare(model)
+    if distiller is not None:
+        distiller.teacher = speed.wrap(speed.prepare(distiller.teacher))
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(optimizer, config)
     start_epoch, best = 1, (-math.inf, None)
     if checkpoint is not None:
         start_epoch, *best = restore_training(checkpoint, optimizer, scheduler)
         best = tuple(best)
+        speed.load_state_dict(checkpoint.get("grad_scaler"))
         if main_process:
             saver.drop_after(checkpoint["epoch"])
     network = model
     if ddp.enabled:
-        # Quantizer parameters a step does not touch (e.g. an unused zero point) must not stall DDP.
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.quant)
+        network = distributed.wrap_model(model, config, device)
+    network = speed.wrap(network)
     log = MetricsLog(run_dir, config.output.tensorboard, checkpoint["epoch"] if checkpoint else None) \
         if main_process else None
 
     for epoch in range(start_epoch, config.schedule.epochs + 1):
         started = time.time()
-        means = train_one_epoch(network, model, train_loader, epoch, config, optimizer, distiller, ddp, device, saver)
+        means = train_one_epoch(network, model, train_loader, epoch, config, optimizer, distiller, ddp, device, saver,
+                                speed)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if main_process:
             best = validate_and_checkpoint(config, epoch, model, val_set, device, means, lr, started, optimizer,
-                                           scheduler, saver, log, best)
+                                           scheduler, saver, log, best, speed)
         ddp.barrier()
     if not main_process:
         return None

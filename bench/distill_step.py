@@ -1,7 +1,7 @@
 """Cost of distillation in a QAT step: the same step with and without the teacher and the feature loss.
 
     python bench/distill_step.py [--width 1.0] [--size 256] [--batch 2] [--steps 5] [--warmup 2]
-                                 [--threads 2] [--layers A,B] [--json PATH]
+                                 [--threads 2] [--layers A,B] [--json PATH] [--device cuda]
 
 Student: DBF/DBLE prepared for MQBench's Academic backend, W8A8 LSQ (per-channel weights, per-tensor
 activations), calibrated on one batch, then quantized. Step: forward, L1 task loss, backward, Adam.
@@ -46,7 +46,7 @@ W8A8_LSQ = {
 
 def quantized_student(model, batch):
     """The student exactly as train.py prepares it."""
-    student = prepare_quantized_model(model, W8A8_LSQ)
+    student = prepare_quantized_model(model, W8A8_LSQ).to(batch.device)
     calibrate(student, [batch])
     return student, "quant.prepare_quantized_model"
 
@@ -61,18 +61,20 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layers", default=DEFAULT_LAYERS)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: data and models live there")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layers = args.layers.split(",")
 
-    teacher_model = DBFDBLE(args.width)
-    student_model = DBFDBLE(args.width)
+    device = torch.device(args.device)
+    teacher_model = DBFDBLE(args.width).to(device)
+    student_model = DBFDBLE(args.width).to(device)
     student_model.load_state_dict(teacher_model.state_dict())  # QAT starts from the teacher's weights
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.rand(args.batch, 1, args.size, args.size, generator=generator)
-    mono_target = torch.rand(args.batch, 1, args.size, args.size, generator=generator)
-    rgb_target = torch.rand(args.batch, 3, args.size, args.size, generator=generator)
+    inputs = torch.rand(args.batch, 1, args.size, args.size, generator=generator).to(device)
+    mono_target = torch.rand(args.batch, 1, args.size, args.size, generator=generator).to(device)
+    rgb_target = torch.rand(args.batch, 3, args.size, args.size, generator=generator).to(device)
 
     student, prepared_by = quantized_student(student_model, inputs)
     student.train()
@@ -83,7 +85,12 @@ def main(argv=None):
     teacher_taps = FeatureTaps(teacher, layers, role="teacher")
     distill_loss = DistillationLoss(layers, [0.1] * len(layers), kind="mse")
 
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def step(distil):
+        synchronize()
         started, started_cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         mono, rgb = student(inputs)
@@ -95,6 +102,7 @@ def main(argv=None):
             loss = loss + distill_total
         loss.backward()
         optimizer.step()
+        synchronize()
         return time.perf_counter() - started, time.process_time() - started_cpu
 
     wall, cpu = {False: [], True: []}, {False: [], True: []}

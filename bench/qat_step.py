@@ -2,7 +2,7 @@
 DBF/DBLE on CPU: float vs QAT (W8A8 LSQ), and a bare MQBench loop vs this harness's path
 (prepare_quantized_model with the user's special layers).
 
-    python bench/qat_step.py [--size 256] [--batch 2] [--steps 5] [--warmup 2] [--threads 2]
+    python bench/qat_step.py [--size 256] [--batch 2] [--steps 5] [--warmup 2] [--threads 2] [--device cuda]
 
 Targets (from the issue): QAT / float <= 1.5x; harness / bare MQBench <= 1.05x. Variants run
 interleaved, one step each per round, so a busy machine slows all of them alike. Wall medians, best
@@ -43,6 +43,7 @@ W8A8_LSQ = {
 
 # The harness minus the ConvTranspose input quantizers MQBench's Academic backend does not insert.
 SAME_SET = "harness, MQBench's quantizer set"
+MQBENCH_CLASS = "harness, MQBench's LSQ class"
 
 
 def user_special_layers() -> dict:
@@ -60,6 +61,7 @@ def bare_mqbench(model, x):
             "w_fakequantize": "LearnableFakeQuantize", "a_fakequantize": "LearnableFakeQuantize",
             "w_qscheme": {"bit": 8, "symmetry": True, "per_channel": True, "pot_scale": False},
             "a_qscheme": {"bit": 8, "symmetry": False, "per_channel": False, "pot_scale": False}}})
+        qmodel.to(x.device)  # the inserted quantizers are made on the CPU
         enable_calibration(qmodel)
         with torch.no_grad():
             qmodel(x)
@@ -70,19 +72,26 @@ def bare_mqbench(model, x):
 def harness(model, x, scheme, special):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the user's weight-on-LeakyReLU entries
-        qmodel = prepare_quantized_model(model, scheme, special)
+        qmodel = prepare_quantized_model(model, scheme, special).to(x.device)
     calibrate(qmodel, [x])
     return qmodel, torch.optim.Adam(param_groups(qmodel, 1e-5))
 
 
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step(model, optimizer, x, mono_target, rgb_target) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one step."""
+    """(wall seconds, process CPU seconds) of one step; on a GPU, up to the end of its last kernel."""
+    synchronize(x.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     mono, rgb = model(x)
     loss = (mono - mono_target).abs().mean() + (rgb - rgb_target).abs().mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    synchronize(x.device)
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
@@ -94,18 +103,20 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: data and models live there")
     parser.add_argument("--extra", action="store_true",
                         help="also time the harness with per-tensor weights (a cheaper scheme)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x = torch.rand(args.batch, 1, args.size, args.size)
-    mono_target = torch.rand(args.batch, 1, args.size, args.size)
-    rgb_target = torch.rand(args.batch, 3, args.size, args.size)
+    device = torch.device(args.device)
+    x = torch.rand(args.batch, 1, args.size, args.size, device=device)
+    mono_target = torch.rand(args.batch, 1, args.size, args.size, device=device)
+    rgb_target = torch.rand(args.batch, 3, args.size, args.size, device=device)
     special = user_special_layers()
 
     def fresh():
-        return DBFDBLE(args.width).train()
+        return DBFDBLE(args.width).to(device).train()
 
     float_model = fresh()
     variants = {
@@ -115,6 +126,8 @@ def main():
         SAME_SET: harness(fresh(), x, {**W8A8_LSQ, "quantize_transposed_conv_input": False},
                                                    special),
     }
+    # The same harness model on MQBench's own LearnableFakeQuantize (quant_scheme.fast_quantizers: false).
+    variants[MQBENCH_CLASS] = harness(fresh(), x, {**W8A8_LSQ, "fast_quantizers": False}, special)
     if args.extra:
         per_tensor = {**W8A8_LSQ, "weight": {**W8A8_LSQ["weight"], "per_channel": False}}
         variants["harness, per-tensor weights"] = harness(fresh(), x, per_tensor, special)
@@ -127,7 +140,8 @@ def main():
                 wall[name].append(elapsed)
                 cpu[name].append(cpu_elapsed)
     print(f"one training step, DBF/DBLE width {args.width}, batch {args.batch} x {args.size}x{args.size}, "
-          f"CPU {args.threads} threads, {args.steps} steps after {args.warmup} warm-up")
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} ({args.threads} CPU threads), "
+          f"{args.steps} steps after {args.warmup} warm-up")
     print(f"  {'variant':<36} {'wall median':>11} {'wall best':>10} {'CPU median':>11}")
     for name in variants:
         print(f"  {name:<36} {statistics.median(wall[name]) * 1e3:9.0f}ms {min(wall[name]) * 1e3:8.0f}ms "
@@ -140,7 +154,8 @@ def main():
         print(f"  [{label}] QAT / float: bare MQBench {table['bare MQBench W8A8'] / table['float']:.2f}x, "
               f"harness {table['harness W8A8 + special'] / table['float']:.2f}x (target <= 1.5x); "
               f"harness / bare MQBench {table['harness W8A8 + special'] / table['bare MQBench W8A8']:.3f}x, "
-              f"with MQBench's quantizer set {table[SAME_SET] / table['bare MQBench W8A8']:.3f}x (target <= 1.05x)")
+              f"with MQBench's quantizer set {table[SAME_SET] / table['bare MQBench W8A8']:.3f}x (target <= 1.05x); "
+              f"sync-free LSQ / MQBench's class {table['harness W8A8 + special'] / table[MQBENCH_CLASS]:.3f}x")
 
 if __name__ == "__main__":
     main()

@@ -48,11 +48,12 @@ def epoch_of(path: Path) -> int:
 
 
 def training_payload(*, model_state: dict, quantized: bool, optimizer, scheduler, epoch: int, config: dict,
-                     psnr: float, ssim: float, best_psnr: float, best_epoch) -> dict:
+                     psnr: float, ssim: float, best_psnr: float, best_epoch, grad_scaler=None) -> dict:
     """What one checkpoint holds: enough to evaluate it alone and to resume training exactly."""
     return {"model": model_state, "quantized": quantized, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_state(), "config": config,
-            "psnr": psnr, "ssim": ssim, "best_psnr": best_psnr, "best_epoch": best_epoch}
+            "psnr": psnr, "ssim": ssim, "best_psnr": best_psnr, "best_epoch": best_epoch,
+            "grad_scaler": grad_scaler}
 
 
 def restore_training(payload: dict, optimizer, scheduler) -> tuple[int, float, int | None]:

@@ -51,7 +51,8 @@ class DataConfig(Section):
     patch_size: int = 512
     flip: bool = True
     transpose: bool = False
-    num_workers: int = 2
+    # auto: from the CPUs this process may use (core/setup.py: loader_workers); 0 = load in-process.
+    num_workers: Union[int, Literal["auto"]] = "auto"
     decode_workers: int = 2
     # all: every pair of train_list; dble: the DBF/DBLE authors' 181 pairs (data/sid.py select_training_pairs)
     train_protocol: Literal["all", "dble"] = "all"
@@ -62,12 +63,28 @@ class DataConfig(Section):
     max_val_pairs: Optional[int] = None
     max_test_pairs: Optional[int] = None
 
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value):
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError("must be auto or a number of worker processes >= 0")
+        return value
+
     @field_validator("patch_size")
     @classmethod
     def _multiple_of_32(cls, value):
         if value <= 0 or value % 32:
             raise ValueError("must be a positive multiple of 32 (the network downsamples 16x on packed input)")
         return value
+
+
+class SpeedConfig(Section):
+    """Training speed (core/speed.py says what runs in which precision)."""
+    mixed_precision: Literal["none", "bf16", "fp16"] = "none"  # fp16: CUDA only, with a GradScaler
+    channels_last: bool = False
+    compile: bool = False  # torch.compile of the training forward (not of validation)
+    # DDP: null finds unused parameters only when a parameter gets no gradient (core/distributed.py).
+    find_unused_parameters: Optional[bool] = None
 
 
 class ModelConfig(Section):
@@ -191,6 +208,9 @@ class Config(Section):
     seed: int = 0
     allow_random_init: bool = False
     quantize_output: bool = False
+    # Reproducible CUDA runs (core/speed.py: make_deterministic); costs speed, see README.
+    deterministic: bool = False
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

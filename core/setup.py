@@ -1,14 +1,16 @@
 """Building what a run needs from its config: device, data, networks. Shared by train.py, test.py,
 hessian_rank.py, export_onnx.py and sweep.py so each reads the same keys the same way."""
+import copy
+import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from core.config import Config, ConfigError
 from data.raw_cache import RawCache
-from data.sid import (SIDEvalDataset, SIDTrainDataset, prepare_split, read_list, resolve_list_file, select_pairs,
-                      select_training_pairs)
+from data.sid import (SIDEvalDataset, SIDTrainDataset, finish_batch, prepare_split, read_list, resolve_list_file,
+                      select_pairs, select_training_pairs)
 from data.synthetic import generate_synthetic_sid
 from models import build_model, input_kind as network_input_kind
 from models.weights import load_weights
@@ -96,19 +98,82 @@ def _protocol_training_pairs(config: Config, decode: bool = True):
     return pairs
 
 
-def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0, world_size: int = 1):
+# More workers than this only add memory (each holds its memory maps and a batch in flight).
+MAX_AUTO_WORKERS = 12
+
+
+def loader_workers(setting, processes_per_node: int = 1) -> int:
+    """`data.num_workers`: a number, or auto = the CPUs this process may use, shared among the node's
+    training processes, less one for the process itself."""
+    if setting != "auto":
+        return setting
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, processes_per_node) - 1))
+
+
+class EpochIndexSampler(Sampler):
+    """A DistributedSampler whose indices carry their epoch, (epoch, index): persistent workers keep
+    the dataset copy they started with, so set_epoch on the main process's dataset never reaches them."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class TrainLoader:
+    """Batches finished on the device: workers ship uint16 patches (data/sid.py: finish_batch turns
+    them into the float batch there, bit-identical to the float path) and stay alive across passes.
+    `dataset` is the float dataset (calibration builds its own loader on it); `sampler` takes
+    set_epoch as a DistributedSampler does."""
+
+    def __init__(self, dataset: SIDTrainDataset, sampler: EpochIndexSampler, batch_size: int, num_workers: int,
+                 device, seed: int):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.num_workers = num_workers
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        raw = copy.copy(dataset)
+        raw.output_raw = True
+        # Pinned host memory lets the copy to a GPU overlap compute; for a CPU run it only costs.
+        # The loader's own generator: its worker seeds must not consume the global RNG (resume).
+        self.loader = DataLoader(raw, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield finish_batch(batch, self.dataset.input_kind, self.device)
+
+
+def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0, world_size: int = 1,
+                       device=None) -> TrainLoader:
     """Each rank loads batch_size / world_size samples a step, so the global batch is batch_size.
     A DistributedSampler is used even for one process: the order then depends only on (seed,
-    epoch), which makes DDP runs see the same global batches as one process, and resume exact."""
+    epoch), which makes DDP runs see the same global batches as one process, and resume exact.
+    Batches come out on `device` (default CPU)."""
     if config.batch_size % world_size:
         raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {world_size} processes; "
                           f"use a multiple of {world_size}")
     dataset = SIDTrainDataset(split_pairs(config, "train"), _cache(config), config.data.patch_size, input_kind,
                               flip=config.data.flip, transpose=config.data.transpose, seed=seed)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    # Workers are not persistent: each epoch's workers get the dataset with its epoch set.
-    return DataLoader(dataset, batch_size=config.batch_size // world_size, sampler=sampler,
-                      num_workers=config.data.num_workers, pin_memory=torch.cuda.is_available())
+    sampler = EpochIndexSampler(DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                                   seed=seed))
+    workers = loader_workers(config.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    return TrainLoader(dataset, sampler, config.batch_size // world_size, workers, device, seed)
 
 
 def build_eval_dataset(config: Config, split: str, input_kind: str):

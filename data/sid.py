@@ -196,6 +196,45 @@ def _sample(
     }
 
 
+def _raw_sample(input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, name: str) -> dict:
+    """What a loader worker ships: the uint16 patches and the two numbers that normalise the input
+    (a quarter of the bytes of the float sample); finish_batch does the arithmetic on the device."""
+    return {
+        "input_raw": torch.from_numpy(np.ascontiguousarray(input_patch, dtype=np.uint16)),
+        "rgb_raw": torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb_patch, 2, 0), dtype=np.uint16)),
+        "black": torch.tensor(np.float32(info.black_level)),
+        # The same float32 factor normalise_mosaic multiplies by.
+        "factor": torch.tensor(np.float32(ratio / (info.white_level - info.black_level))),
+        "ratio": torch.tensor(ratio, dtype=torch.float32),
+        "name": name,
+    }
+
+
+def finish_batch(batch: dict, input_kind: str, device=None) -> dict:
+    """A collated batch of raw samples (see _raw_sample) as the float batch of `_sample`, computed on
+    `device` with the same float32 operations in the same order, so it is bit-identical (tested)."""
+    _check_input_kind(input_kind)
+    device = torch.device(device) if device is not None else batch["input_raw"].device
+
+    def moved(key):
+        return batch[key].to(device, non_blocking=True)
+
+    scaled = moved("input_raw").float() - moved("black").view(-1, 1, 1)
+    scaled *= moved("factor").view(-1, 1, 1)
+    mosaic = scaled.clamp_min_(0.0)
+    if input_kind == "packed":
+        network_input = torch.stack((mosaic[:, 0::2, 0::2], mosaic[:, 0::2, 1::2], mosaic[:, 1::2, 1::2],
+                                     mosaic[:, 1::2, 0::2]), dim=1)
+    else:
+        network_input = mosaic[:, None]
+    # A device tensor as divisor: CUDA divides by a host scalar as a multiply by its reciprocal,
+    # which is not always the quotient numpy computes.
+    rgb = moved("rgb_raw").float() / torch.tensor(65535.0, device=device)
+    mono = LUMA_WEIGHTS[0] * rgb[:, 0] + LUMA_WEIGHTS[1] * rgb[:, 1] + LUMA_WEIGHTS[2] * rgb[:, 2]
+    finished = {"input": network_input.contiguous(), "rgb": rgb, "mono": mono[:, None], "ratio": moved("ratio")}
+    return {**finished, **{k: v for k, v in batch.items() if k not in finished and not torch.is_tensor(v)}}
+
+
 def _check_input_kind(input_kind: str) -> None:
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"unknown input_kind {input_kind!r}; choices: {', '.join(INPUT_KINDS)}")
@@ -220,8 +259,13 @@ class SIDTrainDataset(Dataset):
     diagonal, so RGGB stays RGGB. The targets get exactly the same window and operations.
 
     Random numbers come from a generator seeded by (`seed`, epoch set by `set_epoch`, index), so a
-    sample's patch does not depend on workers, ranks or the order samples are drawn in.
+    sample's patch does not depend on workers, ranks or the order samples are drawn in. An index may
+    be an (epoch, index) pair, which overrides set_epoch: persistent workers keep their own copy of
+    the dataset, so the epoch travels with the index. With `output_raw` set, samples are the uint16
+    patches of _raw_sample (finish_batch completes them).
     """
+
+    output_raw = False
 
     def __init__(
         self,
@@ -280,9 +324,12 @@ class SIDTrainDataset(Dataset):
             input_patch, rgb_patch = input_patch[:, ::-1], rgb_patch[:, ::-1]
         if transpose:
             input_patch, rgb_patch = input_patch.T, rgb_patch.transpose(1, 0, 2)
+        if self.output_raw:
+            return _raw_sample(input_patch, info, pair.ratio, rgb_patch, pair.name)
         return _sample(input_patch, info, pair.ratio, rgb_patch, self.input_kind, pair.name)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index) -> dict:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         pair = self.pairs[index]
         mosaic, info, rgb = _open_pair(self.cache, pair)
         height, width = mosaic.shape
@@ -292,7 +339,7 @@ class SIDTrainDataset(Dataset):
         # The crop depends only on (seed, epoch, index): the same sample gets the same patch whatever
         # the number of DataLoader workers or DDP ranks, and a resumed run replays the same epoch.
         generator = torch.Generator().manual_seed(
-            (self.seed * 0x9E3779B97F4A7C15 + self.epoch * 0x85EBCA6B + index * 0xC2B2AE35) % 2**63)
+            (self.seed * 0x9E3779B97F4A7C15 + epoch * 0x85EBCA6B + index * 0xC2B2AE35) % 2**63)
 
         def coin() -> bool:
             return bool(torch.rand((), generator=generator).item() < 0.5)

@@ -41,6 +41,8 @@ def _per_sample_rms_normalised(features):
 def feature_distance(student, teacher, kind="mse"):
     """Scalar distance between a student and a teacher feature tensor of the same shape."""
     _check_kind(kind)
+    # Features tapped under bf16/fp16 autocast (speed.mixed_precision) are compared in float32.
+    student, teacher = student.float(), teacher.float()
     if kind == "mse":
         return F.mse_loss(student, teacher)
     if kind == "l1":

@@ -389,6 +389,9 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     if quantize_output:
         _quantize_outputs(prepared, factory)
     _apply_special_layers(prepared, special, factory)
+    if scheme.fast_quantizers:
+        from quant.fast_quantizers import use_fast_quantizers
+        use_fast_quantizers(prepared)
     prepared.graph.lint()
     prepared.recompile()
     escaped = unquantized_input_paths(prepared)

@@ -9,6 +9,7 @@ quant_scheme:
   observers_during_qat: false
   quantizer_lr: null
   quantize_transposed_conv_input: true
+  fast_quantizers: true
 ```
 
 Quantizer names: `lsq` (LearnableFakeQuantize with the given `symmetric`), `lsq+` (LearnableFakeQuantize
@@ -179,6 +180,9 @@ class QuantSchemeConfig(BaseModel):
     # MQBench's Academic backend quantizes only the inputs of Conv2d/Linear, which leaves every
     # ConvTranspose2d (the U-Net up-sampling) running on float activations; true quantizes them too.
     quantize_transposed_conv_input: bool = True
+    # LSQ / LSQ+ run on quant/fast_quantizers.py (MQBench's LearnableFakeQuantize with a sync-free,
+    # single-node forward and backward, numerically equal); false keeps MQBench's own class.
+    fast_quantizers: bool = True
 
 
 def extra_qconfig_dict(scheme: QuantSchemeConfig, weight_qscheme: Optional[dict] = None,
