@@ -32,6 +32,7 @@ from core.config import ConfigError, apply_override, load_with_bases, load_confi
 from core.files import read_csv, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from core.records import format_table
 from core.runner import run_entry_point
+from quant.cost import sweep_cost_columns
 
 
 class Variant(BaseModel):
@@ -154,6 +155,7 @@ def summarise(sweep: SweepConfig, variants: list[dict], results_dir: Path) -> li
                "best_val_psnr": summary.get("best_val_psnr"), "best_epoch": summary.get("best_epoch"),
                "test_psnr": summary.get("test_psnr"), "test_ssim": summary.get("test_ssim"),
                "ssim_variant": summary.get("test_ssim_variant")}
+        row.update(sweep_cost_columns(summary, run_dir))  # weight/activation bits, BOPs (quant/cost.py)
         rows.append(row)
     rows.sort(key=lambda r: -(r["best_val_psnr"] if r["best_val_psnr"] is not None else -math.inf))
     columns = list(dict.fromkeys(k for r in rows for k in r))

@@ -291,6 +291,9 @@ def _run(config, resume, overwrite, ddp):
     report = evaluate_checkpoint(config, best, split="test", device=device, with_baseline=True)
     summary = {"experiment": config.experiment, "best_epoch": best_epoch, "best_val_psnr": best_psnr,
                "checkpoint": str(best), **{f"test_{k}": v for k, v in report.items()}}
+    if config.quant:  # issue 14: the quant plan's cost totals, for sweep tables (quant/cost.py)
+        from quant.cost import plan_cost_summary
+        summary["cost"] = plan_cost_summary(run_dir / "quant_plan.csv")
     if not config.quant:
         # The authors' weight format, at a stable path that quantized runs name as load_model.
         weights = Path("onnx") / f"{config.experiment}.pth"
