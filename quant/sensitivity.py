@@ -151,6 +151,7 @@ class QuantizerSensitivity:
     elements: int              # per reference input (activations) or of the weight tensor
     macs: int                  # weights: the layer's MACs per reference input
     input_quantizer: str       # weights: the quantizer of the layer's input (for BOPs)
+    psnr_low_bits: int = 0
     psnr_high: float = math.nan
     psnr_low: float = math.nan
     psnr_drop: float = math.nan
@@ -193,7 +194,7 @@ def psnr_drops(qmodel: GraphModule, entries: list[QuantizerSensitivity], batches
                     entry.psnr_low = mean_psnr(qmodel, batches, device)
                 finally:
                     undo()
-                entry.psnr_high = baseline
+                entry.psnr_high, entry.psnr_low_bits = baseline, low
                 entry.psnr_drop = baseline - entry.psnr_low
         finally:
             for undo in reversed(restores):
@@ -313,7 +314,7 @@ def csv_rows(entries: list[QuantizerSensitivity]) -> list[dict]:
     rows = []
     for e in entries:
         row = {key: getattr(e, key) for key in ("order", "quantizer", "kind", "layer", "feeds", "elements", "macs",
-                                                "input_quantizer", "psnr_high", "psnr_low", "psnr_drop",
+                                                "input_quantizer", "psnr_low_bits", "psnr_high", "psnr_low", "psnr_drop",
                                                 "hessian_trace", "hessian_stderr")}
         row.update({f"noise_power_{b}bit": v for b, v in e.noise_power.items()})
         row.update({f"hawq_score_{b}bit": v for b, v in e.hawq_score.items()})
