@@ -22,12 +22,17 @@ takes (quantizers x batches) forwards, the Hessian (quantizers x probes x batche
 """
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import torch
+# Thousands of short forwards: with OpenMP's default spinning, a thread waiting for a descheduled peer
+# burns its core, and on a shared machine each forward took 10-100x its CPU time (see bench/distill_step.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 import core.runner
 from core.config import ConfigError, load_config
