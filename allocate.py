@@ -101,7 +101,11 @@ def main(argv=None):
         for c in candidates])
     base = args.config or args.match
     if base:
-        sweep = {"base": base, "variants": [
+        common = {}
+        for assignment in args.set:  # the --set overrides apply to every variant
+            key, _, text = assignment.partition("=")
+            common[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        sweep = {"base": base, **({"set": common} if common else {}), "variants": [
             {"name": "hand", "set": {}},
             {"name": "allocated", "set": {"extra_quantizer_dict": {"special_layer": entries}}},
             {"name": "uniform", "set": {"extra_quantizer_dict": {"special_layer": {}}}}]}
