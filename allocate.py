@@ -11,8 +11,8 @@ with a hand-chosen set at equal cost. Writes into --out (default: the folder of 
   allocation.yaml        the allocation as `extra_quantizer_dict.special_layer` (paste into a run config)
   allocation.csv         quantizer, kind, layer, bits, estimated sensitivity at those bits
   sweep_allocation.yaml  a sweep (sweep.py) of the run config (--config, default the --match config)
-                         with three variants: its own special layers (hand), the allocation
-                         (allocated) and none (uniform at the scheme's bits)
+                         with four variants: its own special layers (hand), the allocation
+                         (allocated), none (uniform at the scheme's bits) and uniform W8A8 (w8a8)
 """
 import argparse
 import math
@@ -108,7 +108,9 @@ def main(argv=None):
         sweep = {"base": base, **({"set": common} if common else {}), "variants": [
             {"name": "hand", "set": {}},
             {"name": "allocated", "set": {"extra_quantizer_dict": {"special_layer": entries}}},
-            {"name": "uniform", "set": {"extra_quantizer_dict": {"special_layer": {}}}}]}
+            {"name": "uniform", "set": {"extra_quantizer_dict": {"special_layer": {}}}},
+            {"name": "w8a8", "set": {"quant_scheme": {"weight": {"bits": 8}, "activation": {"bits": 8}},
+                                     "extra_quantizer_dict": {"special_layer": {}}}}]}
         write_text_atomic(out_dir / "sweep_allocation.yaml",
                           header + f"# python sweep.py --config {out_dir / 'sweep_allocation.yaml'}\n"
                           + yaml.safe_dump(sweep, sort_keys=False, width=10_000))
