@@ -1,5 +1,4 @@
 """quant/sensitivity.py: a deliberately fragile quantizer is ranked first by both measures."""
-import math
 import warnings
 
 import pytest
