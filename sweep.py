@@ -42,6 +42,7 @@ from core.records import format_table
 from core.runner import run_entry_point
 from core.sweep_plots import SWEEP_FIGURES, plot_sweep
 from core.sweep_summary import distinguishable, paired_difference, read_run, variant_row
+from quant.cost import sweep_cost_columns
 
 
 class Variant(BaseModel):
@@ -210,6 +211,8 @@ def summarise(sweep: SweepConfig, variants: list[dict], results_dir: Path) -> li
                 row[f"d_test_{metric}_ci_high"] = difference["ci_high"]
                 row[f"d_test_{metric}_distinguishable"] = distinguishable(difference)
             row["ci_over"] = difference["ci_over"]
+        first_run = next(iter(finished[variant["name"]].values()))
+        row.update(sweep_cost_columns(first_run["summary"], first_run["folder"]))  # bits, BOPs (quant/cost.py)
         rows.append(row)
     rows.sort(key=lambda r: -(r["best_val_psnr"] if r.get("best_val_psnr") is not None else -math.inf))
     write_csv_atomic(results_dir / "summary.csv", rows, _ordered_columns(rows))

@@ -236,6 +236,9 @@ def finish(config, saver, best, device, weights_path):
     checkpoint = saver.best() or saver.latest()
     summary = {"experiment": config.experiment, "best_epoch": best_epoch, "best_val_psnr": best_psnr,
                "checkpoint": str(checkpoint)}
+    if config.quant:  # the quant plan's cost totals, for sweep tables (quant/cost.py)
+        from quant.cost import plan_cost_summary
+        summary["cost"] = plan_cost_summary(config.run_dir / "quant_plan.csv")
     if weights_path is not None:
         # The authors' weight format, at a stable path that quantized runs name as load_model.
         state = load_torch_file(checkpoint, what="best checkpoint")["model"]

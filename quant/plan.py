@@ -18,11 +18,15 @@ import torch
 from torch.ao.quantization import FakeQuantizeBase
 from torch.fx import GraphModule
 
+from quant.cost import cost_totals, format_cost, plan_cost_columns, reference_input_shape
 from quant.prepare import QUANTIZER_SUFFIX, WEIGHT_QUANTIZER, fake_quantizers
 
 COLUMNS = ("quantizer", "kind", "layer", "feeds", "bits", "quant_min", "quant_max", "granularity",
            "symmetry", "channels", "quantizer_class", "observer", "calibrated", "scale_min", "scale_max",
-           "range_min", "range_max", "override")
+           "range_min", "range_max", "override",
+           # Cost (quant/cost.py), per reference input: tensor elements, and for weights the layer's
+           # MACs, input-activation bits and BOPs; scheme_bits tells which quantizers are "high".
+           "elements", "macs", "input_bits", "bops", "scheme_bits")
 KIND_ORDER = {"input": 0, "weight": 1, "activation": 2, "output": 3}
 
 
@@ -67,9 +71,15 @@ def _quant_range(quantizer: FakeQuantizeBase):
     return True, float(scale.min()), float(scale.max()), float(low.min()), float(high.max())
 
 
-def quant_plan_rows(qmodel) -> list[dict]:
-    """One dict per fake quantizer (keys: COLUMNS), in the model's module order."""
+def quant_plan_rows(qmodel, cost_input_shape=None) -> list[dict]:
+    """One dict per fake quantizer (keys: COLUMNS), in the model's module order. The cost columns
+    come from one forward pass at `cost_input_shape` (default quant.cost's reference input)."""
     neighbours = _graph_neighbours(qmodel)
+    costs, shape = {}, None
+    if isinstance(qmodel, GraphModule):
+        shape = tuple(cost_input_shape or reference_input_shape(qmodel))
+        costs = plan_cost_columns(qmodel, shape)
+    scheme = getattr(qmodel, "quant_scheme", None)
     rows = []
     for name, quantizer in fake_quantizers(qmodel).items():
         if name.endswith("." + WEIGHT_QUANTIZER):
@@ -99,6 +109,9 @@ def quant_plan_rows(qmodel) -> list[dict]:
             "range_min": range_min,
             "range_max": range_max,
             "override": "; ".join(getattr(quantizer, "special_layer_sources", [])),
+            **costs.get(name, {}),
+            "scheme_bits": "" if scheme is None else (scheme.weight.bits if kind == "weight" else scheme.activation.bits),
+            "cost_input": "x".join(map(str, shape)) if shape else "",  # printed only, not in the CSV
         })
     return rows
 
@@ -197,4 +210,6 @@ def format_quant_plan(rows: list[dict], verbose: bool = False) -> str:
     bit_summary = ", ".join(f"{by_bits[b]} at {b} bits" for b in sorted(by_bits, reverse=True))
     lines = [f"quant plan: {len(rows)} fake quantizers ({summary}); {bit_summary}", render(header)]
     lines += [render(line) for line in table]
+    if rows[0].get("elements") not in (None, ""):
+        lines.append(format_cost(cost_totals(rows), rows[0].get("cost_input")))
     return "\n".join(lines)
