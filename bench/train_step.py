@@ -34,7 +34,8 @@ from core.setup import build_train_loader  # noqa: E402
 from core.speed import Speed  # noqa: E402
 from data.synthetic import generate_synthetic_sid  # noqa: E402
 from models.dbf_dble import DBFDBLE  # noqa: E402
-from train import batches_for_epoch, task_loss  # noqa: E402
+from core.loss import task_loss  # noqa: E402
+from train import batches_for_epoch  # noqa: E402
 
 W8A8_LSQ = {"weight": {"bits": 8}, "activation": {"bits": 8}, "calibration_batches": 1}
 DISTILLED_LAYERS = ["DBLE.dual_conv9.lrelu_dup1", "DBF.DBF_conv9.lrelu_dup1"]
@@ -79,7 +80,7 @@ class Variant:
 
     def step(self, batch):
         outputs = self.network(batch["input"])
-        loss = task_loss(outputs, batch, self.config)
+        loss = task_loss(outputs, batch, self.config.loss)
         if self.distillation is not None:
             with torch.no_grad():
                 self.distillation["teacher"](batch["input"])

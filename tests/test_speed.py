@@ -13,7 +13,8 @@ from core.speed import DeterministicGlobalAveragePool, Speed, use_deterministic_
 from data.raw_cache import RawCache
 from data.sid import SIDTrainDataset, read_list
 from models.dbf_dble import DBFDBLE
-from train import batches_for_epoch, task_loss
+from core.loss import task_loss
+from train import batches_for_epoch
 
 
 def train_dataset(root, cache_dir, input_kind="mosaic"):
@@ -80,7 +81,7 @@ def _train(config, model, batch, steps=6):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(steps):
-        loss = task_loss(network(batch["input"]), batch, config)
+        loss = task_loss(network(batch["input"]), batch, config.loss)
         speed.backward(loss)
         speed.step(optimizer, model.parameters(), grad_clip=1.0)
         optimizer.zero_grad(set_to_none=True)
