@@ -505,6 +505,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
     axes = _dynamic_axes(kind, output_names)
     proto = _torch_to_onnx(marked, x, opset, output_names, axes, custom_domain=True)
     _materialize_qdq(proto, by_id, folded)
+    del proto.graph.value_info[:]
     if opset > TORCHSCRIPT_MAX_OPSET:
         _raise_opset(proto, opset)  # the full checker below validates the result
     _pin_static_output_dims(proto, reference_outputs, axes)

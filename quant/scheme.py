@@ -9,7 +9,15 @@ quant_scheme:
   observers_during_qat: false
   quantizer_lr: null
   quantize_transposed_conv_input: true
+  backend: academic        # academic | onnx_qnn | snpe | tensorrt: MQBench's quantizer placement
 ```
+
+`backend` picks where MQBench puts activation quantizers (its BackendType). `academic` (the research
+default) quantizes the inputs of convolutions only, so a convolution's output runs float through its
+LeakyReLU; `onnx_qnn` and `snpe` also quantize convolution outputs, which is what lets onnxruntime
+run the exported QDQ graph with integer kernels (QLinearConv); `tensorrt` quantizes the inputs of
+convolutions, transposed convolutions and pools (TensorRT fuses the rest itself). The scheme's bits and
+symmetry apply whatever the backend; QAT then trains exactly the quantizers the deployed graph has.
 
 Quantizer names: `lsq` (LearnableFakeQuantize with the given `symmetric`), `lsq+` (LearnableFakeQuantize
 forced affine, so the zero point is learned too), `dsq`, `pact`, `dorefa`, `fixed` (observer-only
@@ -47,6 +55,8 @@ VALID_OBSERVERS = tuple(ObserverDict)
 PER_TENSOR_ONLY = {"PACTFakeQuantize"}
 
 MIN_BITS, MAX_BITS = 2, 16
+# `quant_scheme.backend` -> MQBench's BackendType member name.
+BACKENDS = {"academic": "Academic", "onnx_qnn": "ONNX_QNN", "snpe": "SNPE", "tensorrt": "Tensorrt"}
 
 
 def unknown_choice(value: str, valid, what: str = "") -> str:
@@ -185,6 +195,23 @@ class QuantSchemeConfig(BaseModel):
     # MQBench's Academic backend quantizes only the inputs of Conv2d/Linear, which leaves every
     # ConvTranspose2d (the U-Net up-sampling) running on float activations; true quantizes them too.
     quantize_transposed_conv_input: bool = True
+    # Where MQBench places activation quantizers (see the module docstring); academic keeps today's models.
+    backend: str = "academic"
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value in BACKENDS:
+            return value
+        if str(value).lower() in BACKENDS:
+            return str(value).lower()
+        raise ValueError(unknown_choice(value, BACKENDS))
+
+    @property
+    def backend_type(self):
+        """MQBench's BackendType for `backend`."""
+        from mqbench.prepare_by_platform import BackendType
+        return BackendType[BACKENDS[self.backend]]
 
 
 def extra_qconfig_dict(scheme: QuantSchemeConfig, weight_qscheme: Optional[dict] = None,
