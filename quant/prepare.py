@@ -85,6 +85,7 @@ from mqbench.prepare_by_platform import get_qconfig_by_platform, prepare_by_plat
 from mqbench.utils.logger import logger as mqbench_logger
 from mqbench.utils.state import enable_calibration, enable_quantization
 
+from quant.deploy_placement import quantize_sigmoid_outputs, share_quantizers_across_max_pools
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
 from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
 
@@ -405,6 +406,12 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     dropped = _drop_requantization(prepared, input_nodes)
     if dropped:
         log.info("input quantized once; removed requantization after rearranging ops: %s", ", ".join(dropped))
+    if scheme.backend != "academic":
+        shared = share_quantizers_across_max_pools(prepared, _is_quantizer_node)
+        added = quantize_sigmoid_outputs(prepared, _is_quantizer_node, _insert_quantizer_after,
+                                         lambda: factory.activation(scheme.activation.bits))
+        log.info("%s placement: %d max-pool quantizers shared with their input, %d added after Sigmoid",
+                 scheme.backend, len(shared), len(added))
     if quantize_output:
         _quantize_outputs(prepared, factory)
     _apply_special_layers(prepared, special, factory)

@@ -55,8 +55,8 @@ def _executed_ops(path, tmp_path) -> collections.Counter:
     return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "executed.onnx")).graph.node)
 
 
-def test_onnx_qnn_qat_exports_integer_convolutions(tmp_path):
-    qmodel = _qat("onnx_qnn")
+def test_snpe_qat_exports_integer_convolutions(tmp_path):
+    qmodel = _qat("snpe")
     report = export_model(qmodel, tmp_path)
     assert report["passed"], report["models"]["qdq"]["checks"]
     ops = _executed_ops(tmp_path / QDQ_FILE, tmp_path)
@@ -65,6 +65,12 @@ def test_onnx_qnn_qat_exports_integer_convolutions(tmp_path):
     # integer kernel; only the transposed convolutions stay float.
     assert ops["QLinearConv"] == convolutions == 56
     assert ops["Conv"] + ops["FusedConv"] == 0
+    # Max pools run on the uint8 tensor (their quantizer is their input's), the channel attention's
+    # sigmoid and product as integer kernels.
+    producers = {o: n for n in onnx.load(str(tmp_path / "executed.onnx")).graph.node for o in n.output}
+    pools = [n for n in producers.values() if n.op_type == "MaxPool"]
+    assert len(pools) == 12 and all(producers[p.input[0]].op_type != "DequantizeLinear" for p in pools)
+    assert ops["QLinearSigmoid"] == ops["QLinearMul"] == 4
     # The deployed graph holds exactly the quantizers QAT trained: one Q/DQ pair per activation quantizer.
     rows = report["models"]["qdq"]["quantizers"]
     trained = {name for name, row in rows.items() if row["role"] == "activation" and row["enabled"]}
