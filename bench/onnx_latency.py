@@ -70,17 +70,21 @@ def session(path, threads, optimized_path=None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency(path, size, runs, threads):
-    sess = session(path, threads)
+def latencies(paths, size, runs, threads):
+    """(median, min) seconds per model. Runs are interleaved across the models (one run of each in
+    turn), so that load from other users of a shared machine falls on all of them alike."""
+    sessions = [session(path, threads) for path in paths]
     x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
-    for _ in range(2):  # first runs allocate and pick kernels
-        sess.run(None, {"raw": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, {"raw": x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    for sess in sessions:
+        for _ in range(2):  # first runs allocate and pick kernels
+            sess.run(None, {"raw": x})
+    times = [[] for _ in sessions]
+    for _ in tqdm(range(runs), desc="latency rounds", leave=False):
+        for sess, kept in zip(sessions, times):
+            start = time.perf_counter()
+            sess.run(None, {"raw": x})
+            kept.append(time.perf_counter() - start)
+    return [(statistics.median(kept), min(kept)) for kept in times]
 
 
 def executed_graph(path, threads, folder):
@@ -144,8 +148,8 @@ def main(argv=None):
                                         [x.numpy() for x in calibration_inputs()])
         exports.append(("onnxruntime quantize_static w8a8", str(ptq_path), 17, None))
         rows = []
-        for label, path, opset, passed in tqdm(exports, desc="latency", leave=False):
-            median, best = latency(path, args.size, args.runs, args.threads)
+        timings = latencies([path for _, path, _, _ in exports], args.size, args.runs, args.threads)
+        for (label, path, opset, passed), (median, best) in zip(exports, timings):
             ops = executed_graph(path, args.threads, scratch)
             rows.append({"model": label, "opset": opset, "file_mb": Path(path).stat().st_size / 1e6,
                          "median_ms": median * 1e3, "min_ms": best * 1e3, "passed_checks": passed,
@@ -154,7 +158,7 @@ def main(argv=None):
                          "executed_ops": dict(ops)})
     fp32_ms = rows[0]["median_ms"]
     print(f"onnxruntime {ort.__version__} CPU, {args.threads} threads, 1x1x{args.size}x{args.size}, "
-          f"width {args.width}, median of {args.runs} runs")
+          f"width {args.width}, median of {args.runs} interleaved runs")
     print(f"{'model':46s} {'MB':>7s} {'median ms':>10s} {'min ms':>8s} {'vs fp32':>8s}  how it ran")
     for row in rows:
         print(f"{row['model']:46s} {row['file_mb']:7.2f} {row['median_ms']:10.1f} {row['min_ms']:8.1f} "
