@@ -28,6 +28,7 @@ from tqdm import tqdm
 import core.runner
 from core.files import write_bytes_atomic
 from core.runner import run_entry_point
+from deploy.onnx_network import OnnxNetwork
 from data.raw_cache import RawInfo, _decode_mosaic, open_raw
 from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
 
@@ -72,29 +73,11 @@ def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "
     return torch.from_numpy(np.ascontiguousarray(network_input))[None]
 
 
-class OnnxNetwork(torch.nn.Module):
-    """An exported model run by onnxruntime behind the module interface that tiling expects."""
-
-    def __init__(self, path: Path, threads: int = 0):
-        super().__init__()
-        import onnxruntime as ort
-        if not path.is_file():
-            raise FileNotFoundError(f"--onnx: model not found: {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_kind = "mosaic" if self.session.get_inputs()[0].shape[1] == 1 else "packed"
-
-    def forward(self, x):
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: x.numpy()})]
-        return tuple(outputs) if len(outputs) > 1 else outputs[0]
-
-
 def load_model(args, device):
     if args.onnx:
-        return OnnxNetwork(Path(args.onnx), args.threads)
+        if not Path(args.onnx).is_file():
+            raise FileNotFoundError(f"--onnx: model not found: {args.onnx}")
+        return OnnxNetwork(args.onnx, args.threads)
     from core.checkpoint_eval import load_network
     from core.config import Config, load_config
     config = load_config(args.config, args.set, check_files=False) if args.config else Config()
