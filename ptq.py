@@ -1,7 +1,7 @@
 """Post-training quantization baselines: how good is the full-precision model quantized without any
 training, at the run config's bits? The answer QAT must beat.
 
-    python ptq.py --config configfile/X.yaml [--weights PATH] [--qat-checkpoint PATH]
+    python ptq.py --config configfile/X.yaml [--weights PATH] [--qat-checkpoint PATH] [--onnx PATH ...]
                   [--bits 8 6 4] [--skip-onnxruntime] [--out DIR] [--set key=value ...]
 
 For each bit width (default: the config's quant_scheme bits; `--bits 8 6 4` sweeps W=A at each) it
@@ -12,6 +12,7 @@ scores on the test split (test.py's protocol and tiling):
   * onnxruntime_ptq onnxruntime `quantize_static` (QDQ, per-channel weights, MinMax) of the FP32 ONNX
                     export, calibrated on the same batches, run by onnxruntime (no special layers)
   * qat             with `--qat-checkpoint`, the QAT model for comparison
+  * onnx ...        with `--onnx PATH` (repeatable), an exported model run by onnxruntime
 Writes ptq_summary.csv / .md and per-image rows under results/<experiment>/ptq/ and prints the table.
 """
 import argparse
@@ -78,6 +79,8 @@ def main(argv=None):
     parser.add_argument("--config", required=True)
     parser.add_argument("--weights", help="full-precision weights (default: the config's load_model)")
     parser.add_argument("--qat-checkpoint", help="a QAT checkpoint to score beside the baselines")
+    parser.add_argument("--onnx", action="append", default=[], metavar="PATH",
+                        help="also score an exported model run by onnxruntime (e.g. the QAT run's model_qdq.onnx)")
     parser.add_argument("--bits", type=int, nargs="+", help="weight = activation bits to sweep (default: the "
                                                             "config's quant_scheme bits)")
     parser.add_argument("--skip-onnxruntime", action="store_true", help="MQBench PTQ only")
@@ -127,6 +130,12 @@ def main(argv=None):
         from core.checkpoint_eval import load_network
         qat = load_network(config, args.qat_checkpoint, torch.device("cpu"))
         row, rows = score(qat, dataset, config, "qat", "checkpoint")
+        summary.append(row)
+        per_image += rows
+    for path in args.onnx:
+        from deploy.onnx_network import OnnxNetwork
+        row, rows = score(OnnxNetwork(path), dataset, config, f"onnx {Path(path).parent.name}/{Path(path).name}",
+                          "as exported", statistics_passes=0)
         summary.append(row)
         per_image += rows
     columns = ["method", "bits", "psnr", "ssim", "images"]
