@@ -1,8 +1,10 @@
-"""onnxruntime CPU latency of the exported networks: full precision vs QDQ (all 8-bit, and with the
-user's 10-bit special layers), full width, one 512x512 mosaic, 2 threads, median of runs.
+"""onnxruntime CPU latency of the exported networks, full width, one 512x512 mosaic, 2 threads,
+median of runs: FP32; the harness's W8A8 QDQ export for each MQBench placement
+(`quant_scheme.backend`: academic, onnx_qnn, snpe, tensorrt); academic with the user's 10-bit special
+layers; and onnxruntime's own static PTQ (`quantize_static`, QDQ, per channel) of the same FP32 model.
 
     python bench/onnx_latency.py [--size 512] [--runs 10] [--threads 2] [--width 1.0] [--weights PATH]
-                                 [--out DIR] [--json PATH]
+                                 [--backends academic onnx_qnn snpe tensorrt] [--out DIR] [--json PATH]
 
 It also tells how onnxruntime ran each QDQ graph: the graph it actually executes (saved with
 SessionOptions.optimized_model_filepath) is read back and its convolutions counted as fused integer
@@ -24,10 +26,12 @@ import onnx
 import onnxruntime as ort
 import torch
 import yaml
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy import export_full_precision, export_qdq  # noqa: E402
+from deploy.ort_ptq import quantize_static_onnx  # noqa: E402
 from models import build_model  # noqa: E402
 
 SCHEME_W8A8 = {
@@ -41,13 +45,17 @@ INTEGER_KERNELS = ("QLinearConv", "QLinearConvTranspose", "ConvInteger", "QLinea
                    "QLinearGlobalAveragePool")
 
 
-def quantized(model, special):
+def calibration_inputs(count=2, size=128):
+    generator = torch.Generator().manual_seed(0)
+    return [torch.rand(1, 1, size, size, generator=generator) for _ in range(count)]
+
+
+def quantized(model, special, backend="academic"):
     from quant import calibrate, prepare_quantized_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = prepare_quantized_model(model, SCHEME_W8A8, special)
-    generator = torch.Generator().manual_seed(0)
-    calibrate(qmodel, [torch.rand(1, 1, 128, 128, generator=generator) for _ in range(2)])
+        qmodel = prepare_quantized_model(model, {**SCHEME_W8A8, "backend": backend}, special)
+    calibrate(qmodel, calibration_inputs())
     return qmodel.eval()
 
 
@@ -62,17 +70,21 @@ def session(path, threads, optimized_path=None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency(path, size, runs, threads):
-    sess = session(path, threads)
+def latencies(paths, size, runs, threads):
+    """(median, min) seconds per model. Runs are interleaved across the models (one run of each in
+    turn), so that load from other users of a shared machine falls on all of them alike."""
+    sessions = [session(path, threads) for path in paths]
     x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
-    for _ in range(2):  # first runs allocate and pick kernels
-        sess.run(None, {"raw": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, {"raw": x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    for sess in sessions:
+        for _ in range(2):  # first runs allocate and pick kernels
+            sess.run(None, {"raw": x})
+    times = [[] for _ in sessions]
+    for _ in tqdm(range(runs), desc="latency rounds", leave=False):
+        for sess, kept in zip(sessions, times):
+            start = time.perf_counter()
+            sess.run(None, {"raw": x})
+            kept.append(time.perf_counter() - start)
+    return [(statistics.median(kept), min(kept)) for kept in times]
 
 
 def executed_graph(path, threads, folder):
@@ -83,6 +95,10 @@ def executed_graph(path, threads, folder):
         session(path, threads, optimized)
     model = onnx.load(str(optimized), load_external_data=False)
     return Counter(node.op_type for node in model.graph.node)
+
+
+def integer_convs(ops: Counter) -> int:
+    return sum(n for op, n in ops.items() if op in ("QLinearConv", "QLinearConvTranspose", "ConvInteger"))
 
 
 def describe_execution(ops: Counter) -> str:
@@ -101,6 +117,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--weights", help="full-precision weights to load (default: random init)")
+    parser.add_argument("--backends", nargs="+", default=["academic", "onnx_qnn", "snpe", "tensorrt"],
+                        help="quant_scheme.backend values to export (W8A8)")
     parser.add_argument("--out", help="keep the exported models here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -119,24 +137,32 @@ def main(argv=None):
         out = Path(args.out or scratch)
         out.mkdir(parents=True, exist_ok=True)
         base = float_model()
-        exports = [("fp32", export_full_precision(base, out / "fp32.onnx"))]
-        exports.append(("qdq w8a8", export_qdq(quantized(float_model(), None), out / "qdq_w8a8.onnx")))
-        exports.append(("qdq w8a8 + 10-bit special layers",
-                        export_qdq(quantized(float_model(), special), out / "qdq_w8a8_special10.onnx")))
+        fp32 = export_full_precision(base, out / "fp32.onnx")
+        exports = [("fp32", fp32.path, fp32.opset, fp32.passed)]
+        for backend in tqdm(args.backends, desc="export QDQ", leave=False):
+            info = export_qdq(quantized(float_model(), None, backend), out / f"qdq_w8a8_{backend}.onnx")
+            exports.append((f"harness QDQ w8a8, {backend}", info.path, info.opset, info.passed))
+        info = export_qdq(quantized(float_model(), special), out / "qdq_w8a8_special10.onnx")
+        exports.append(("harness QDQ w8a8 + 10-bit special, academic", info.path, info.opset, info.passed))
+        ptq_path = quantize_static_onnx(fp32.path, out / "ort_ptq_w8a8.onnx",
+                                        [x.numpy() for x in calibration_inputs()])
+        exports.append(("onnxruntime quantize_static w8a8", str(ptq_path), 17, None))
         rows = []
-        for label, info in exports:
-            median, best = latency(info.path, args.size, args.runs, args.threads)
-            ops = executed_graph(info.path, args.threads, scratch)
-            rows.append({"model": label, "opset": info.opset, "file_mb": info.file_bytes / 1e6,
-                         "median_ms": median * 1e3, "min_ms": best * 1e3, "passed_checks": info.passed,
+        timings = latencies([path for _, path, _, _ in exports], args.size, args.runs, args.threads)
+        for (label, path, opset, passed), (median, best) in zip(exports, timings):
+            ops = executed_graph(path, args.threads, scratch)
+            rows.append({"model": label, "opset": opset, "file_mb": Path(path).stat().st_size / 1e6,
+                         "median_ms": median * 1e3, "min_ms": best * 1e3, "passed_checks": passed,
+                         "integer_convs": integer_convs(ops),
                          "execution": describe_execution(ops) if label != "fp32" else "float",
                          "executed_ops": dict(ops)})
+    fp32_ms = rows[0]["median_ms"]
     print(f"onnxruntime {ort.__version__} CPU, {args.threads} threads, 1x1x{args.size}x{args.size}, "
-          f"width {args.width}, median of {args.runs} runs")
-    print(f"{'model':34s} {'opset':>5s} {'MB':>7s} {'median ms':>10s} {'min ms':>8s}  how it ran")
+          f"width {args.width}, median of {args.runs} interleaved runs")
+    print(f"{'model':46s} {'MB':>7s} {'median ms':>10s} {'min ms':>8s} {'vs fp32':>8s}  how it ran")
     for row in rows:
-        print(f"{row['model']:34s} {row['opset']:5d} {row['file_mb']:7.2f} {row['median_ms']:10.1f} "
-              f"{row['min_ms']:8.1f}  {row['execution']}")
+        print(f"{row['model']:46s} {row['file_mb']:7.2f} {row['median_ms']:10.1f} {row['min_ms']:8.1f} "
+              f"{fp32_ms / row['median_ms']:7.2f}x  {row['execution']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows

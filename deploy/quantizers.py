@@ -76,6 +76,28 @@ class QuantSpec:
     def onnx_zero_point(self) -> np.ndarray:
         return (self.zero_point - self.offset).astype(NUMPY_TYPES[self.dtype])
 
+    @property
+    def multiply_by_inverse(self) -> bool:
+        """Activations whose QDQ pair cannot fuse into onnxruntime's integer kernels anyway (ranges
+        narrower than their type, 16-bit types) are written as Mul(x, 1/scale) -> QuantizeLinear(scale 1):
+        PyTorch's fake quantizers round x * (1/scale), ONNX's QuantizeLinear rounds x / scale, and the
+        two differ on values within a float32 rounding of a tie (about 1e-4 of 10-bit values, each
+        then a step apart, and more at larger input sizes). Full-range 8-bit pairs keep the standard
+        form that onnxruntime fuses (QLinearConv requantizes in its own arithmetic anyway)."""
+        return self.role == "activation" and (self.clip or self.dtype.endswith("16"))
+
+    @property
+    def inverse_scale(self) -> np.ndarray:
+        # float32 1/scale, as torch's fake-quantize kernels compute it
+        return (np.float32(1.0) / self.scale.astype(np.float32)).astype(np.float32)
+
+    def clip_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Clip before QuantizeLinear: in integer units after Mul(1/scale), else in real units."""
+        if self.multiply_by_inverse:
+            return ((self.quant_min - self.zero_point).astype(np.float32),
+                    (self.quant_max - self.zero_point).astype(np.float32))
+        return self.float_bounds()
+
     def float_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """The real interval the quantizer maps onto [quant_min, quant_max]."""
         low = ((self.quant_min - self.zero_point).astype(np.float32) * self.scale).astype(np.float32)
@@ -200,11 +222,15 @@ def _broadcast(values: np.ndarray, axis: Optional[int], rank: int, device) -> to
 
 
 def qdq_reference(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """QuantizeLinear then DequantizeLinear as ONNX defines them (x / scale, round half to even,
-    saturate to the quantizer range), in float32 like onnxruntime."""
+    """The exported Q/DQ nodes as ONNX defines them (x / scale, or x * (1/scale) in the Mul form;
+    round half to even; saturate to the quantizer range), in float32 like onnxruntime."""
     scale = _broadcast(spec.scale, spec.axis, x.ndim, x.device).float()
     zero_point = _broadcast(spec.zero_point, spec.axis, x.ndim, x.device).float()
-    q = torch.clamp(torch.round(x.float() / scale) + zero_point, spec.quant_min, spec.quant_max)
+    if spec.multiply_by_inverse:  # the Mul(1/scale) -> QuantizeLinear(scale 1) form
+        scaled = x.float() * _broadcast(spec.inverse_scale, spec.axis, x.ndim, x.device).float()
+    else:
+        scaled = x.float() / scale
+    q = torch.clamp(torch.round(scaled) + zero_point, spec.quant_min, spec.quant_max)
     return (q - zero_point) * scale
 
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule, Node
 
-from quant.prepare import WEIGHT_QUANTIZER, _is_quantizer_node, _is_rearranging, fake_quantizers
+from core.graph_ops import is_rearranging
+from quant.prepare import WEIGHT_QUANTIZER, _is_quantizer_node, fake_quantizers
 
 REFERENCE_SIZE = 512
 FLOAT_BITS = 32
@@ -64,7 +65,7 @@ def input_quantizer(qmodel: GraphModule, node: Node) -> Optional[str]:
     while isinstance(source, Node):
         if _is_quantizer_node(qmodel, source):
             return str(source.target)
-        if not _is_rearranging(qmodel, source):
+        if not is_rearranging(qmodel, source):
             return None
         source = source.args[0] if source.args else None
     return None

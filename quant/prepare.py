@@ -7,7 +7,10 @@ Flow used by train.py::
     calibrate(qmodel, batches, device)          # or load_quantized_state(qmodel, checkpoint)
     optimizer = torch.optim.Adam(param_groups(qmodel, lr))   # only now: see "Optimizer" below
 
-What the returned model contains (MQBench's Academic backend, then the steps below):
+What the returned model contains (MQBench's Academic backend, then the steps below; with
+`quant_scheme.backend: onnx_qnn | snpe | tensorrt` MQBench's placement for that target instead, so
+that e.g. a convolution's output has a quantizer of its own and is what `activation` of the
+convolution means):
 
 * Weights: every Conv2d / Linear / ConvTranspose2d is MQBench's QAT module; its weight passes through
   `<module>.weight_fake_quant`. MQBench's Academic rule keeps the first layer (modules fed by the graph
@@ -76,13 +79,14 @@ from torch.fx import GraphModule, Node
 
 from mqbench.fake_quantize import PACTFakeQuantize
 from mqbench.nn.qat.modules.deconv import ConvTranspose2d as QATConvTranspose2d
-from mqbench.prepare_by_platform import BackendType, get_qconfig_by_platform, prepare_by_platform
+from mqbench.prepare_by_platform import get_qconfig_by_platform, prepare_by_platform
 from mqbench.utils.logger import logger as mqbench_logger
 from mqbench.utils.state import enable_calibration, enable_quantization
 
 from core.graph_ops import is_rearranging
 from core.names import nearest
 from models.tracing import check_traceable
+from quant.deploy_placement import quantize_sigmoid_outputs, share_quantizers_across_max_pools
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
 from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
 
@@ -123,7 +127,7 @@ class QuantizerFactory:
 
     def _qconfig(self, weight_qscheme=None, activation_qscheme=None):
         with quiet_mqbench():
-            return get_qconfig_by_platform(BackendType.Academic,
+            return get_qconfig_by_platform(self.scheme.backend_type,
                                            extra_qconfig_dict(self.scheme, weight_qscheme, activation_qscheme))
 
     def weight(self, bits: int, per_channel: bool, symmetric: bool) -> FakeQuantizeBase:
@@ -316,7 +320,7 @@ def _apply_special_layers(gm: GraphModule, special: SpecialLayers, factory: Quan
                 reaches_output = output_quantizers(gm, node)[1]
                 hint = "; set quantize_output: true to quantize the network output" if reaches_output else ""
                 warnings.warn(f"{WHERE}.{name}.activation: ignored, no fake quantizer on this layer's output "
-                              f"(MQBench's Academic backend quantizes only conv inputs){hint}", stacklevel=3)
+                              f"(the {factory.scheme.backend} backend puts none there){hint}", stacklevel=3)
             for target in targets:
                 log.debug("special_layer %s.activation -> %s", name, target.target)
                 planned.setdefault(target.target, []).append((layer.activation, f"{name}.activation", "activation"))
@@ -376,8 +380,10 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     if scheme.activation.fake_quantize_class == "DoReFaFakeQuantize":
         warnings.warn("quant_scheme.activation.quantizer: MQBench's DoReFa quantizer normalises its input "
                       "with tanh (the DoReFa weight transform); activations lose their scale", stacklevel=2)
-    with quiet_mqbench():
-        prepared = prepare_by_platform(model, BackendType.Academic, {
+    with quiet_mqbench(), warnings.catch_warnings():
+        # The deployment backends fuse Conv+ReLU through a torch API that announces its deprecation.
+        warnings.filterwarnings("ignore", message="Passing a fuse_custom_config_dict")
+        prepared = prepare_by_platform(model, scheme.backend_type, {
             "extra_qconfig_dict": extra_qconfig_dict(scheme),
             "extra_quantizer_dict": extra_quantizer,
         })
@@ -386,6 +392,12 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     dropped = _drop_requantization(prepared, input_nodes)
     if dropped:
         log.info("input quantized once; removed requantization after rearranging ops: %s", ", ".join(dropped))
+    if scheme.backend != "academic":
+        shared = share_quantizers_across_max_pools(prepared, _is_quantizer_node)
+        added = quantize_sigmoid_outputs(prepared, _is_quantizer_node, _insert_quantizer_after,
+                                         lambda: factory.activation(scheme.activation.bits))
+        log.info("%s placement: %d max-pool quantizers shared with their input, %d added after Sigmoid",
+                 scheme.backend, len(shared), len(added))
     if quantize_output:
         _quantize_outputs(prepared, factory)
     _apply_special_layers(prepared, special, factory)

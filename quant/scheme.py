@@ -10,7 +10,15 @@ quant_scheme:
   quantizer_lr: null
   quantize_transposed_conv_input: true
   fast_quantizers: true
+  backend: academic        # academic | onnx_qnn | snpe | tensorrt: MQBench's quantizer placement
 ```
+
+`backend` picks where MQBench puts activation quantizers (its BackendType). `academic` (the research
+default) quantizes the inputs of convolutions only, so a convolution's output runs float through its
+LeakyReLU; `onnx_qnn` and `snpe` also quantize convolution outputs, which is what lets onnxruntime
+run the exported QDQ graph with integer kernels (QLinearConv); `tensorrt` quantizes the inputs of
+convolutions, transposed convolutions and pools (TensorRT fuses the rest itself). The scheme's bits and
+symmetry apply whatever the backend; QAT then trains exactly the quantizers the deployed graph has.
 
 Quantizer names: `lsq` (LearnableFakeQuantize with the given `symmetric`), `lsq+` (LearnableFakeQuantize
 forced affine, so the zero point is learned too), `dsq`, `pact`, `dorefa`, `fixed` (observer-only
@@ -49,6 +57,8 @@ VALID_OBSERVERS = tuple(ObserverDict)
 PER_TENSOR_ONLY = {"PACTFakeQuantize"}
 
 MIN_BITS, MAX_BITS = 2, 16
+# `quant_scheme.backend` -> MQBench's BackendType member name.
+BACKENDS = {"academic": "Academic", "onnx_qnn": "ONNX_QNN", "snpe": "SNPE", "tensorrt": "Tensorrt"}
 
 
 def _constructor_keywords(cls) -> list[str]:
@@ -183,6 +193,23 @@ class QuantSchemeConfig(BaseModel):
     # LSQ / LSQ+ run on quant/fast_quantizers.py (MQBench's LearnableFakeQuantize with a sync-free,
     # single-node forward and backward, numerically equal); false keeps MQBench's own class.
     fast_quantizers: bool = True
+    # Where MQBench places activation quantizers (see the module docstring); academic keeps today's models.
+    backend: str = "academic"
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value in BACKENDS:
+            return value
+        if str(value).lower() in BACKENDS:
+            return str(value).lower()
+        raise ValueError(unknown_choice(value, BACKENDS))
+
+    @property
+    def backend_type(self):
+        """MQBench's BackendType for `backend`."""
+        from mqbench.prepare_by_platform import BackendType
+        return BackendType[BACKENDS[self.backend]]
 
 
 def extra_qconfig_dict(scheme: QuantSchemeConfig, weight_qscheme: Optional[dict] = None,

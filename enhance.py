@@ -1,0 +1,176 @@
+"""Enhance your own low-light raw files (anything rawpy reads: ARW, DNG, NEF, CR2, ...) into 16-bit
+PNG or TIFF with a trained network: a float or quantized checkpoint, or an exported ONNX model.
+
+    python enhance.py INPUT [INPUT ...] --checkpoint PATH [--config CFG] --out DIR
+                      (--ratio R | --reference-exposure SECONDS) [--format png|tiff]
+                      [--tile-size 512 --tile-overlap 64] [--crop] [--device cpu]
+    python enhance.py INPUT ... --onnx onnx/<experiment>/model_qdq.onnx --out DIR --ratio 100
+
+INPUT is a raw file or a folder (every file in it, sorted). The input is prepared exactly as for
+test.py: (raw - black) / (white - black) times the amplification ratio, RGGB-aligned; so on a
+test-split file the output is test.py's prediction. The ratio is `--ratio`, or `--reference-exposure`
+divided by the file's own exposure time (from its metadata), capped at SID's 300.
+Frames are processed in tiles (`--tile-size`, default 512) with frame-wide channel attention, as
+test.py does; memory stays bounded by one tile. The networks need height and width in multiples of
+32: other frames stop with an error unless `--crop` cuts them from the top-left as test.py does.
+Bad input (an unreadable file, no ratio, a frame of the wrong size) prints one line naming the file
+or flag and exits 2; images already written are kept.
+"""
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import core.runner
+from core.files import write_bytes_atomic
+from core.runner import run_entry_point
+from deploy.onnx_network import OnnxNetwork
+from data.raw_cache import RawInfo, _decode_mosaic, open_raw
+from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
+
+FORMATS = ("png", "tiff")
+
+
+def amplification_ratio(path: Path, ratio=None, reference_exposure=None) -> float:
+    """`ratio`, or reference exposure / the file's exposure time (capped at SID's maximum)."""
+    if ratio is not None:
+        if not ratio > 0:
+            raise ValueError(f"--ratio must be positive, got {ratio}")
+        return float(ratio)
+    if reference_exposure is None:
+        raise ValueError(f"{path}: no amplification ratio; give --ratio R, or --reference-exposure SECONDS "
+                         "(the exposure the output should look like) to derive it from the file's exposure time")
+    if not reference_exposure > 0:
+        raise ValueError(f"--reference-exposure must be positive seconds, got {reference_exposure}")
+    with open_raw(path) as raw:
+        exposure = float(raw.other.shutter_speed)
+    if not exposure > 0:
+        raise ValueError(f"{path}: the file records no exposure time, so --reference-exposure cannot give a "
+                         "ratio; give --ratio R")
+    return min(reference_exposure / exposure, MAXIMUM_RATIO)
+
+
+def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "mosaic") -> torch.Tensor:
+    """The network input (1, 1, H, W) of a raw file, as SIDEvalDataset builds it from the cache."""
+    from data.sid import pack_raw
+    with open_raw(path) as raw:
+        visible = raw.raw_image_visible.shape
+    mosaic, metadata = _decode_mosaic(path)
+    height, width = (size // EVAL_MULTIPLE * EVAL_MULTIPLE for size in mosaic.shape)
+    if (height, width) != tuple(visible) and not crop:
+        raise ValueError(f"{path}: frame {visible[0]}x{visible[1]} is not RGGB-aligned with height and width "
+                         f"multiples of {EVAL_MULTIPLE}; pass --crop to cut it to {height}x{width} from the "
+                         "top-left (as test.py does)")
+    if height == 0 or width == 0:
+        raise ValueError(f"{path}: frame {visible[0]}x{visible[1]} is smaller than {EVAL_MULTIPLE}x{EVAL_MULTIPLE}")
+    info = RawInfo(black_level=metadata["black_level"], white_level=metadata["white_level"])
+    normalised = normalise_mosaic(mosaic[:height, :width], info, ratio)
+    network_input = pack_raw(normalised) if input_kind == "packed" else normalised[None]
+    return torch.from_numpy(np.ascontiguousarray(network_input))[None]
+
+
+def load_model(args, device):
+    if args.onnx:
+        if not Path(args.onnx).is_file():
+            raise FileNotFoundError(f"--onnx: model not found: {args.onnx}")
+        return OnnxNetwork(args.onnx, args.threads)
+    from core.checkpoint_eval import load_network
+    from core.config import Config, load_config
+    config = load_config(args.config, args.set, check_files=False) if args.config else Config()
+    core.runner.post_mortem = config.pdb_debug
+    model = load_network(config, args.checkpoint, device)
+    model.input_kind = getattr(model, "input_kind", None) or _input_kind(config)
+    return model
+
+
+def _input_kind(config):
+    from models import input_kind
+    return input_kind(config.model.name)
+
+
+def enhance(model, network_input: torch.Tensor, device, tile_size=None, overlap=64) -> np.ndarray:
+    """RGB float32 HxWx3 in [0, 1]: what test.py scores for this input."""
+    from core.evaluate import predict
+    from models import split_outputs
+    # An ONNX graph has no modules to hook: each tile averages over itself in the channel attention.
+    passes = 0 if isinstance(model, OnnxNetwork) else None
+    with torch.no_grad():
+        _, rgb = split_outputs(predict(model, network_input.to(device), tile_size, overlap, passes))
+    return rgb[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def encode_16bit(rgb: np.ndarray, fmt: str) -> bytes:
+    """16-bit RGB PNG (pypng: Pillow writes no 16-bit colour PNG) or TIFF (tifffile)."""
+    values = np.round(np.clip(rgb, 0, 1) * 65535.0).astype(np.uint16)
+    buffer = io.BytesIO()
+    if fmt == "png":
+        import png
+        height, width, _ = values.shape
+        png.Writer(width, height, greyscale=False, bitdepth=16).write(buffer, values.reshape(height, width * 3))
+    else:
+        import tifffile
+        tifffile.imwrite(buffer, values, photometric="rgb")
+    return buffer.getvalue()
+
+
+def input_files(inputs) -> list[Path]:
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    if not files:
+        raise FileNotFoundError(f"no raw files in {', '.join(map(str, inputs))}")
+    return files
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="raw files or folders of them")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="float or quantized checkpoint, or plain weights")
+    source.add_argument("--onnx", help="exported model (model_fp32.onnx or model_qdq.onnx)")
+    parser.add_argument("--config", help="run config, for plain weights' model name and width (a checkpoint of "
+                                         "ours carries its own)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--ratio", type=float, help="amplification ratio (e.g. 100, 250, 300 in SID)")
+    parser.add_argument("--reference-exposure", type=float,
+                        help="seconds: ratio = this / the file's exposure time")
+    parser.add_argument("--format", default="png", choices=FORMATS)
+    parser.add_argument("--tile-size", type=int, default=512, help="tile size, multiple of 32; 0 = whole frame")
+    parser.add_argument("--tile-overlap", type=int, default=64)
+    parser.add_argument("--crop", action="store_true", help="cut frames to multiples of 32 (top-left) instead "
+                                                            "of stopping")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = its default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    if args.ratio is not None and args.reference_exposure is not None:
+        raise ValueError("give --ratio or --reference-exposure, not both")
+    files = input_files(args.inputs)
+    device = torch.device(args.device)
+    model = load_model(args, device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tile_size = args.tile_size or None
+    written = []
+    for path in tqdm(files, desc="enhance", unit="file", dynamic_ncols=True):
+        ratio = amplification_ratio(path, args.ratio, args.reference_exposure)
+        network_input = read_input(path, ratio, args.crop, model.input_kind)
+        rgb = enhance(model, network_input, device, tile_size, args.tile_overlap)
+        target = out_dir / f"{path.stem}.{'png' if args.format == 'png' else 'tif'}"
+        write_bytes_atomic(target, encode_16bit(rgb, args.format))
+        written.append(target)
+    print(f"{len(written)} image(s) written to {out_dir}")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry_point(main, sys.argv[1:]))
