@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from core import distributed
 from core.checkpoint import CheckpointSaver, restore_rng_state, rng_state
+from core.divergence import DivergenceGuard
 from core.config import ConfigError, dump_config, load_config
 from core.evaluate import evaluate
 from core.files import check_writable, torch_save_atomic, write_csv_atomic, write_text_atomic
@@ -213,6 +214,7 @@ def _run(config, resume, overwrite, ddp):
     iterations = config.schedule.iters_per_epoch or len(train_loader)
     accumulate = config.schedule.grad_accum_steps
     epochs = config.schedule.epochs
+    divergence = DivergenceGuard()
     for epoch in range(start_epoch, epochs + 1):
         network.train()
         started = time.time()
@@ -235,6 +237,7 @@ def _run(config, resume, overwrite, ddp):
             if not ddp.all_finite(loss):
                 raise FloatingPointError(f"loss is not finite at epoch {epoch}, step {step} (batch "
                                          f"{', '.join(batch['name'])}); last good checkpoint: {saver.latest()}")
+            divergence.check(loss, epoch, step, saver.latest, ddp)
             (loss / accumulate).backward()
             if step % accumulate == 0 or step == iterations:
                 if config.optim.grad_clip:
