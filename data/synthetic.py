@@ -174,7 +174,7 @@ def _split_of(scene_id: int) -> str:
     raise ValueError(f"scene id {scene_id} does not start with a SID split digit (0, 1 or 2)")
 
 
-def _linear_crop(photo: np.ndarray, height: int, width: int, random_generator: np.random.Generator) -> np.ndarray:
+def linear_crop(photo: np.ndarray, height: int, width: int, random_generator: np.random.Generator) -> np.ndarray:
     """A random window of the photo in linear light, resized to height x width, float32."""
     from PIL import Image
 
@@ -265,7 +265,20 @@ def render_scene(seed: int, scene_id: int, height: int, width: int) -> Synthetic
     if photo_name == PROCEDURAL_SOURCE:
         linear = dead_leaves(height, width, random_generator)
     else:
-        linear = _linear_crop(load_photo(photo_name), height, width, random_generator)
+        linear = linear_crop(load_photo(photo_name), height, width, random_generator)
+    return render_linear_scene(linear, scene_id, photo_name, SCENE_DESIGNS[ordinal % len(SCENE_DESIGNS)], random_generator)
+
+
+def render_linear_scene(
+    linear: np.ndarray,
+    scene_id: int,
+    photo_name: str,
+    design: tuple[float, tuple[float, ...]],
+    random_generator: np.random.Generator,
+) -> SyntheticScene:
+    """The camera side of `render_scene` for any clean linear-sRGB image (HxWx3 in [0, 1]), e.g.
+    photos the generator never draws from (bench/unseen_photos.py). design: (long exposure,
+    short exposures) in seconds."""
     linear = _optics(linear)
     camera = linear @ CAMERA_FROM_LINEAR_SRGB.T.astype(np.float32)
     # LibRaw reports the multipliers normalised to green = 1; red and blue are above 1 for every
@@ -280,7 +293,7 @@ def render_scene(seed: int, scene_id: int, height: int, width: int) -> Synthetic
     camera *= np.float32(exposure_scale)
 
     iso = int(random_generator.choice(SID_ISO_VALUES))
-    long_exposure, short_exposures = SCENE_DESIGNS[ordinal % len(SCENE_DESIGNS)]
+    long_exposure, short_exposures = design
     return SyntheticScene(
         scene_id=scene_id,
         photo_name=photo_name,
@@ -417,8 +430,13 @@ def exposure_label(exposure: float) -> str:
 
 def _write_scene(root: str, seed: int, scene_id: int, height: int, width: int, bursts: int):
     """Renders one scene and writes its long and short DNGs; returns ({relative path: size}, list lines)."""
-    root = Path(root)
-    scene = render_scene(seed, scene_id, height, width)
+    return write_scene(Path(root), seed, render_scene(seed, scene_id, height, width), bursts)
+
+
+def write_scene(root: Path, seed: int, scene: SyntheticScene, bursts: int):
+    """Writes a scene's long and short DNGs in SID's layout under root; returns
+    ({relative path: size}, list-file lines)."""
+    scene_id = scene.scene_id
     common = dict(white_balance_gains=scene.white_balance_gains, iso=scene.iso, f_number=scene.f_number)
     files, lines = {}, []
     long_name = f"{scene_id:05d}_00_{exposure_label(scene.long_exposure)}.dng"
