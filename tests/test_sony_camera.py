@@ -120,3 +120,15 @@ def test_test_split_of_the_embedded_set_holds_only_held_out_photos(synthetic_sid
         for pair in read_list(synthetic_sid_root / f"Sony_{split}_list.txt", synthetic_sid_root):
             assert pair.scene // 10000 == digit
             assert scene_source(0, pair.scene) != PROCEDURAL_SOURCE
+
+
+def test_parallel_generation_writes_the_same_files(tmp_path):
+    from data.synthetic import generate_synthetic_sid
+
+    arguments = dict(seed=1, height=64, width=96, train_scenes=2, val_scenes=0, test_scenes=1, bursts=1)
+    serial = generate_synthetic_sid(tmp_path / "serial", workers=0, **arguments)
+    parallel = generate_synthetic_sid(tmp_path / "parallel", workers=2, **arguments)
+    names = sorted(path.relative_to(serial).as_posix() for path in serial.rglob("*") if path.is_file())
+    assert names == sorted(path.relative_to(parallel).as_posix() for path in parallel.rglob("*") if path.is_file())
+    for name in names:
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
