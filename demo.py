@@ -6,6 +6,7 @@
    the teacher: a two-variant sweep, with its summary table;
 3. export the best quantized model to ONNX (FP32 and QDQ) and check it in onnxruntime.
 """
+import csv
 import json
 import shutil
 import sys
@@ -14,6 +15,18 @@ import time
 from core.config import load_config
 from core.records import format_table
 from core.runner import run_entry_point
+
+
+def per_ratio(per_image_csv):
+    """Mean PSNR/SSIM of the model and of the naive baseline for each exposure ratio."""
+    rows = list(csv.DictReader(Path(per_image_csv).read_text().splitlines()))
+    table = []
+    for ratio in sorted({float(row["ratio"]) for row in rows}):
+        chosen = [row for row in rows if float(row["ratio"]) == ratio]
+        table.append({"ratio": f"x{ratio:g}", "pairs": len(chosen),
+                      **{key: sum(float(row[key]) for row in chosen) / len(chosen)
+                         for key in ("psnr", "baseline_psnr", "ssim", "baseline_ssim")}})
+    return table
 
 
 def main(argv):
@@ -45,6 +58,9 @@ def main(argv):
     table += [{"model": f"W8A8 QAT, {row['variant']}", "PSNR (dB)": row["test_psnr"], "SSIM": row["test_ssim"]}
               for row in rows]
     print(format_table(table, ["model", "PSNR (dB)", "SSIM"]))
+    print("\nfull-precision teacher against the naive baseline, per exposure ratio (test split):")
+    print(format_table(per_ratio(Path("results", "demo_fp", "test_results", "per_image.csv")),
+                       ["ratio", "pairs", "psnr", "baseline_psnr", "ssim", "baseline_ssim"]))
     print(f"results: results/demo_fp, results/{demo_sweep.name}; ONNX: onnx/demo_w8a8")
     print(f"demo finished in {(time.time() - started) / 60:.1f} min")
 

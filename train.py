@@ -20,6 +20,7 @@ from tqdm import tqdm
 from core import distributed
 from core.checkpoint import CheckpointSaver, restore_training, training_payload
 from core.config import ConfigError, dump_config
+from core.divergence import DivergenceGuard
 from core.evaluate import evaluate
 from core.files import (check_writable, remove_folder, remove_stale_temporaries, safetensors_metadata,
                         save_safetensors_atomic, torch_save_atomic, write_csv_atomic, write_text_atomic)
@@ -151,7 +152,8 @@ def make_optimizer(config, model):
 
 # ----------------------------------------------------------------------------- one epoch
 
-def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller, ddp, device, saver, speed):
+def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller, ddp, device, saver, speed,
+                    divergence):
     """`iterations` steps with gradient accumulation; returns the epoch's mean loss terms over ranks."""
     network.train()
     iterations = config.schedule.iters_per_epoch or len(loader)
@@ -172,6 +174,7 @@ def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller,
         if not ddp.all_finite(loss):
             raise FloatingPointError(f"loss is not finite at epoch {epoch}, step {step} (batch "
                                      f"{', '.join(batch['name'])}); last good checkpoint: {saver.latest()}")
+        divergence.check(loss, epoch, step, saver.latest, ddp)
         speed.backward(loss / accumulate)
         if step % accumulate == 0 or step == iterations:
             speed.step(optimizer, model.parameters(), config.optim.grad_clip)
@@ -346,10 +349,11 @@ def _run(config, resume, overwrite, ddp):
     log = MetricsLog(run_dir, config.output.tensorboard, checkpoint["epoch"] if checkpoint else None) \
         if main_process else None
 
+    divergence = DivergenceGuard()  # a loss far above its running median stops the run (core/divergence.py)
     for epoch in range(start_epoch, config.schedule.epochs + 1):
         started = time.time()
         means = train_one_epoch(network, model, train_loader, epoch, config, optimizer, distiller, ddp, device, saver,
-                                speed)
+                                speed, divergence)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         if main_process:

@@ -4,18 +4,24 @@ No SID download is possible where this project runs, so tests and the default de
 stand-in instead. It has exactly SID's layout (`Sony/short`, `Sony/long`, three list files with
 SID's line format) so the real loader, rawpy decoding included, is what gets exercised.
 
-Forward model per scene (see docs in `render_scene`):
-    photo crop -> linear light -> divide by white-balance gains -> RGGB mosaic
+The raws imitate SID's camera, the Sony a7S (data/sony_a7s.py: its colour matrix, white balance
+and ELD's calibrated noise model). Forward model per scene (see docs in `render_scene`):
+    clean scene (a photo crop, or for training also a procedural dead-leaves image) in linear sRGB
+    -> the a7S's white-balanced camera RGB (LibRaw's matrix for it) -> divide by the as-shot
+    white-balance gains -> RGGB mosaic
     -> long exposure whose brightest site just saturates (noise-free, 14-bit, black 512)
-    -> short exposures = long / exposure ratio, Poisson shot noise (gain K) + Gaussian read noise.
+    -> short exposures = long / exposure ratio with ELD's noise at the scene's ISO: Poisson shot
+       noise (gain K), Tukey-lambda read noise, row noise, quantisation.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import functools
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -26,20 +32,36 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-BLACK_LEVEL = 512
-WHITE_LEVEL = 16383
+from data.dead_leaves import dead_leaves
+from data.sony_a7s import (
+    BLACK_LEVEL,
+    CAMERA_FROM_LINEAR_SRGB,
+    LINEAR_SRGB_FROM_CAMERA,
+    SID_F_NUMBERS,
+    SID_ISO_VALUES,
+    XYZ_TO_CAMERA,
+    WHITE_LEVEL,
+    NoiseParameters,
+    noise_parameters,
+    noisy_raw,
+    white_balance_gains,
+)
+
 FULL_SIZE_HEIGHT = 2848
 FULL_SIZE_WIDTH = 4256
 
 # Each manifest records this so a change of the forward model invalidates old data sets.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "synthetic_sid.json"
 
 SPLIT_DIGIT = {"train": 0, "test": 1, "val": 2}
 LIST_FILE_NAME = {"train": "Sony_train_list.txt", "val": "Sony_val_list.txt", "test": "Sony_test_list.txt"}
-# The photo permutation is shared by all splits; these bases make the default 4/1/2 scenes all
-# use different photos, so no test scene shows a photo seen in training.
-PHOTO_INDEX_BASE = {"train": 0, "val": 4, "test": 5}
+# The photos are split once per seed into disjoint pools (slices of a seeded permutation of
+# PHOTO_NAMES): no validation or test scene ever shows a photo used in training, however many
+# scenes each split has.
+PHOTO_POOLS = {"train": slice(0, 3), "val": slice(3, 4), "test": slice(4, 7)}
+# Every other training scene is a procedural dead-leaves image, so training data is unbounded.
+PROCEDURAL_SOURCE = "dead_leaves"
 
 # Exposure designs cycled over the scenes of a split, as in SID: 10 s ground truth with 0.1 s
 # (x100) and 0.04 s (x250) or 0.033 s (x300) inputs, or 30 s ground truth with 0.1 s (x300).
@@ -63,9 +85,6 @@ PHOTO_NAMES = (
 
 OPTICAL_BLUR_SIGMA = 0.7  # pixels
 
-ISO_CHOICES = (200, 400, 800, 1600, 3200)
-F_NUMBER_CHOICES = (4.0, 5.6, 8.0, 9.0, 11.0, 13.0, 16.0)
-
 # The photos are treated as encoded with the transfer curve LibRaw applies on output (rawpy's
 # default gamma=(2.222, 4.5), i.e. BT.709). Linearising with that curve (rather than the sRGB
 # curve) is what makes postprocess() of the long exposure return the photo itself; with the sRGB
@@ -75,15 +94,6 @@ BT709_SLOPE = 4.5
 BT709_OFFSET = 0.099
 BT709_LINEAR_BREAK = 0.018
 
-# sRGB(D65) -> XYZ, the matrix LibRaw uses; the DNG ColorMatrix1 (XYZ -> camera) is its inverse,
-# so LibRaw's camera -> sRGB matrix becomes the identity and camera RGB is linear sRGB.
-XYZ_FROM_LINEAR_SRGB = np.array(
-    [
-        [0.412453, 0.357580, 0.180423],
-        [0.212671, 0.715160, 0.072169],
-        [0.019334, 0.119193, 0.950227],
-    ]
-)
 DNG_RATIONAL_DENOMINATOR = 1_000_000
 
 
@@ -135,22 +145,25 @@ class SyntheticScene:
     """Everything needed to write one scene, plus the clean reference it should decode to."""
 
     scene_id: int
-    photo_name: str
-    linear: np.ndarray  # float32 HxWx3 linear sRGB after the exposure scale (may exceed 1 in R/B)
+    photo_name: str  # a PHOTO_NAMES entry, or PROCEDURAL_SOURCE
+    camera: np.ndarray  # float32 HxWx3 white-balanced camera RGB after the exposure scale (may exceed 1)
     long_signal: np.ndarray  # float32 HxW mosaic, DN above black, noise-free
     white_balance_gains: tuple[float, float, float]
     iso: int
     f_number: float
-    gain_dn_per_electron: float
-    read_noise_dn: float
+    noise: NoiseParameters
     long_exposure: float
     short_exposures: tuple[float, ...]
 
     @property
     def reference(self) -> np.ndarray:
         """float32 HxWx3 in [0, 1]: what postprocess() of the long exposure should return.
-        Computed on demand; writing the files does not need it."""
-        return encode_bt709(self.linear)
+        LibRaw clips white-balanced camera values at 1, converts to sRGB with the inverse of
+        CAMERA_FROM_LINEAR_SRGB, clips again and applies its output curve. Computed on demand;
+        writing the files does not need it."""
+        camera = np.clip(self.camera, 0.0, 1.0)
+        linear = camera @ LINEAR_SRGB_FROM_CAMERA.T.astype(np.float32)
+        return encode_bt709(linear)
 
 
 def _split_of(scene_id: int) -> str:
@@ -161,10 +174,9 @@ def _split_of(scene_id: int) -> str:
     raise ValueError(f"scene id {scene_id} does not start with a SID split digit (0, 1 or 2)")
 
 
-def _linear_crop(photo: np.ndarray, height: int, width: int, random_generator: np.random.Generator) -> np.ndarray:
+def linear_crop(photo: np.ndarray, height: int, width: int, random_generator: np.random.Generator) -> np.ndarray:
     """A random window of the photo in linear light, resized to height x width, float32."""
     from PIL import Image
-    from scipy.ndimage import gaussian_filter
 
     photo_height, photo_width = photo.shape[:2]
     # Zoom so the crop fits inside the photo whatever the requested size, then a little more so
@@ -188,11 +200,31 @@ def _linear_crop(photo: np.ndarray, height: int, width: int, random_generator: n
             ],
             axis=-1,
         )
-    # A camera's lens and anti-aliasing filter keep detail off the pixel pitch; without this,
-    # downscaled photos carry more detail than any Bayer sensor resolves and the developed
-    # ground truth drifts from the photo through demosaicing error alone.
-    window = gaussian_filter(window, sigma=(OPTICAL_BLUR_SIGMA, OPTICAL_BLUR_SIGMA, 0), mode="reflect", truncate=3.0)
     return np.clip(window, 0.0, 1.0, out=window)
+
+
+def _optics(linear: np.ndarray) -> np.ndarray:
+    """A camera's lens and anti-aliasing filter keep detail off the pixel pitch; without this,
+    downscaled photos and sharp leaf edges carry more detail than any Bayer sensor resolves and
+    the developed ground truth drifts from the scene through demosaicing error alone."""
+    from scipy.ndimage import gaussian_filter
+
+    blurred = gaussian_filter(linear, sigma=(OPTICAL_BLUR_SIGMA, OPTICAL_BLUR_SIGMA, 0), mode="reflect", truncate=3.0)
+    return np.clip(blurred, 0.0, 1.0, out=blurred)
+
+
+def scene_source(seed: int, scene_id: int) -> str:
+    """The photo (or PROCEDURAL_SOURCE) a scene shows: training alternates photos of the training
+    pool with procedural scenes; validation and test cycle through their own photo pools."""
+    split = _split_of(scene_id)
+    ordinal = scene_id % 10000 - 1
+    if ordinal < 0:
+        raise ValueError(f"scene id {scene_id}: scene numbers start at 1")
+    if split == "train" and ordinal % 2 == 1:
+        return PROCEDURAL_SOURCE
+    pool = np.random.default_rng([seed, 7919]).permutation(len(PHOTO_NAMES))[PHOTO_POOLS[split]]
+    position = ordinal // 2 if split == "train" else ordinal
+    return PHOTO_NAMES[int(pool[position % len(pool)])]
 
 
 def _mosaic_rggb(camera_rgb: np.ndarray) -> np.ndarray:
@@ -214,48 +246,63 @@ def _check_size(height: int, width: int) -> None:
 def render_scene(seed: int, scene_id: int, height: int, width: int) -> SyntheticScene:
     """Renders one scene deterministically from (seed, scene_id, size).
 
+    The clean scene (linear sRGB, what development should give back) becomes the a7S's
+    white-balanced camera RGB through LibRaw's matrix for the camera, then raw camera RGB by
+    dividing by the as-shot multipliers (an illuminant between tungsten and daylight).
+
     The long exposure is scaled so its brightest sensor site just reaches the white level
     ("exposed to the right"). Besides being what a well-exposed frame is, this keeps LibRaw
     from rescaling: rawpy's default adjust_maximum_thr=0.75 replaces the white level by the
     frame's data maximum when that lies between 75% and 100% of it, which would brighten the
-    ground truth. The reference is therefore the photo times that exposure scale (1 for photos
-    that already contain a saturated green site), with red/blue clipped at 1 as LibRaw clips them.
+    ground truth. White-balanced values above 1 (bright red or blue sites) are clipped by LibRaw
+    as by a camera; `reference` models that.
     """
     _check_size(height, width)
-    split = _split_of(scene_id)
+    photo_name = scene_source(seed, scene_id)
     ordinal = scene_id % 10000 - 1
-    if ordinal < 0:
-        raise ValueError(f"scene id {scene_id}: scene numbers start at 1")
-    photo_order = np.random.default_rng([seed, 7919]).permutation(len(PHOTO_NAMES))
-    photo_name = PHOTO_NAMES[int(photo_order[(PHOTO_INDEX_BASE[split] + ordinal) % len(PHOTO_NAMES)])]
     random_generator = np.random.default_rng([seed, scene_id])
 
-    linear = _linear_crop(load_photo(photo_name), height, width, random_generator)
-    # Gains > 1 for red and blue keep green at gain 1, matching LibRaw's normalisation of the
-    # as-shot multipliers to a minimum of 1.
-    gains = (float(random_generator.uniform(1.7, 2.6)), 1.0, float(random_generator.uniform(1.3, 2.1)))
-    camera_mosaic = _mosaic_rggb(linear / np.asarray(gains, dtype=np.float32))
+    if photo_name == PROCEDURAL_SOURCE:
+        linear = dead_leaves(height, width, random_generator)
+    else:
+        linear = linear_crop(load_photo(photo_name), height, width, random_generator)
+    return render_linear_scene(linear, scene_id, photo_name, SCENE_DESIGNS[ordinal % len(SCENE_DESIGNS)], random_generator)
+
+
+def render_linear_scene(
+    linear: np.ndarray,
+    scene_id: int,
+    photo_name: str,
+    design: tuple[float, tuple[float, ...]],
+    random_generator: np.random.Generator,
+) -> SyntheticScene:
+    """The camera side of `render_scene` for any clean linear-sRGB image (HxWx3 in [0, 1]), e.g.
+    photos the generator never draws from (bench/unseen_photos.py). design: (long exposure,
+    short exposures) in seconds."""
+    linear = _optics(linear)
+    camera = linear @ CAMERA_FROM_LINEAR_SRGB.T.astype(np.float32)
+    # LibRaw reports the multipliers normalised to green = 1; red and blue are above 1 for every
+    # illuminant between A and D65, so no channel is rescaled.
+    gains = white_balance_gains(float(random_generator.uniform(0.0, 1.0)))
+    camera_mosaic = _mosaic_rggb(camera / np.asarray(gains, dtype=np.float32))
     brightest = float(camera_mosaic.max())
     if brightest <= 0:
-        raise ValueError(f"scene {scene_id}: crop of photo {photo_name!r} is black")
+        raise ValueError(f"scene {scene_id}: crop of {photo_name!r} is black")
     exposure_scale = 1.0 / brightest
     long_signal = camera_mosaic * np.float32(exposure_scale * (WHITE_LEVEL - BLACK_LEVEL))
-    linear *= np.float32(exposure_scale)
+    camera *= np.float32(exposure_scale)
 
-    iso = int(random_generator.choice(ISO_CHOICES))
-    long_exposure, short_exposures = SCENE_DESIGNS[ordinal % len(SCENE_DESIGNS)]
+    iso = int(random_generator.choice(SID_ISO_VALUES))
+    long_exposure, short_exposures = design
     return SyntheticScene(
         scene_id=scene_id,
         photo_name=photo_name,
-        linear=linear,
+        camera=camera,
         long_signal=long_signal,
         white_balance_gains=gains,
         iso=iso,
-        f_number=float(random_generator.choice(F_NUMBER_CHOICES)),
-        # Gain proportional to ISO, 1 DN per electron at ISO 1600: x300 frames of dark regions
-        # are then down to a few electrons, as in SID.
-        gain_dn_per_electron=iso / 1600.0,
-        read_noise_dn=float(random_generator.uniform(1.0, 3.0)),
+        f_number=float(random_generator.choice(SID_F_NUMBERS)),
+        noise=noise_parameters(iso, random_generator),
         long_exposure=long_exposure,
         short_exposures=short_exposures,
     )
@@ -271,15 +318,12 @@ def long_exposure_raw(scene: SyntheticScene) -> np.ndarray:
 
 
 def short_exposure_raw(seed: int, scene: SyntheticScene, burst: int, exposure: float) -> np.ndarray:
-    """One noisy short exposure; the signal is divided by the physical exposure ratio (303 for
-    0.033 s against 10 s, as in SID, even though the loader caps the ratio at 300)."""
+    """One noisy short exposure (ELD's model at the scene's ISO, data/sony_a7s.py); the signal is
+    divided by the physical exposure ratio (303 for 0.033 s against 10 s, as in SID, even though
+    the loader caps the ratio at 300)."""
     random_generator = np.random.default_rng([seed, scene.scene_id, burst, int(round(exposure * 1e6))])
     mean_signal = scene.long_signal * np.float32(exposure / scene.long_exposure)
-    gain = scene.gain_dn_per_electron
-    electrons = random_generator.poisson(mean_signal / gain)
-    read_noise = random_generator.standard_normal(mean_signal.shape, dtype=np.float32) * np.float32(scene.read_noise_dn)
-    value = electrons.astype(np.float32) * np.float32(gain) + read_noise + np.float32(BLACK_LEVEL)
-    return np.clip(np.rint(value), 0, WHITE_LEVEL).astype(np.uint16)
+    return noisy_raw(mean_signal, scene.noise, random_generator)
 
 
 def _rational(value: float) -> list[int]:
@@ -332,7 +376,6 @@ def write_dng(
     if height % 2 or width % 2:
         raise ValueError(f"{path}: mosaic size {height}x{width} must be even for a Bayer pattern")
 
-    camera_from_xyz = np.linalg.inv(XYZ_FROM_LINEAR_SRGB)
     tags = DNGTags()
     tags.set(Tag.ImageWidth, width)
     tags.set(Tag.ImageLength, height)
@@ -347,13 +390,15 @@ def write_dng(
     tags.set(Tag.CFAPattern, cfa_codes[pattern])
     tags.set(Tag.BlackLevel, int(black_level))
     tags.set(Tag.WhiteLevel, int(white_level))
-    tags.set(Tag.ColorMatrix1, [_signed_rational(value) for value in camera_from_xyz.ravel()])
+    # The a7S's XYZ -> camera matrix (data/sony_a7s.py), so LibRaw develops with SID's colours.
+    tags.set(Tag.ColorMatrix1, [_signed_rational(value) for value in XYZ_TO_CAMERA.ravel()])
     tags.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
     # LibRaw turns AsShotNeutral into camera multipliers 1 / neutral.
     tags.set(Tag.AsShotNeutral, [_rational(1.0 / gain) for gain in white_balance_gains])
     tags.set(Tag.Make, "lowlight-qat")
-    tags.set(Tag.Model, "synthetic SID stand-in")
-    tags.set(Tag.UniqueCameraModel, "lowlight-qat synthetic SID stand-in")
+    # Not "SONY" / "ILCE-7S": LibRaw would then apply its per-maker quirks for real ARW files.
+    tags.set(Tag.Model, "synthetic SID stand-in (Sony ILCE-7S)")
+    tags.set(Tag.UniqueCameraModel, "lowlight-qat synthetic SID stand-in (Sony ILCE-7S)")
     tags.set(Tag.ExposureTime, [_rational(exposure_time)])
     tags.set(Tag.FNumber, [_rational(f_number)])
     tags.set(Tag.PhotographicSensitivity, int(iso))
@@ -381,6 +426,31 @@ def _write_atomically(path: Path, payload: bytes) -> None:
 def exposure_label(exposure: float) -> str:
     """SID's spelling of an exposure time in file names: 0.1s, 0.04s, 0.033s, 10s, 30s."""
     return f"{exposure:g}s"
+
+
+def _write_scene(root: str, seed: int, scene_id: int, height: int, width: int, bursts: int):
+    """Renders one scene and writes its long and short DNGs; returns ({relative path: size}, list lines)."""
+    return write_scene(Path(root), seed, render_scene(seed, scene_id, height, width), bursts)
+
+
+def write_scene(root: Path, seed: int, scene: SyntheticScene, bursts: int):
+    """Writes a scene's long and short DNGs in SID's layout under root; returns
+    ({relative path: size}, list-file lines)."""
+    scene_id = scene.scene_id
+    common = dict(white_balance_gains=scene.white_balance_gains, iso=scene.iso, f_number=scene.f_number)
+    files, lines = {}, []
+    long_name = f"{scene_id:05d}_00_{exposure_label(scene.long_exposure)}.dng"
+    long_path = root / "Sony" / "long" / long_name
+    write_dng(long_path, long_exposure_raw(scene), exposure_time=scene.long_exposure, **common)
+    files[long_path.relative_to(root).as_posix()] = long_path.stat().st_size
+    for burst in range(bursts):
+        for exposure in scene.short_exposures:
+            short_name = f"{scene_id:05d}_{burst:02d}_{exposure_label(exposure)}.dng"
+            short_path = root / "Sony" / "short" / short_name
+            write_dng(short_path, short_exposure_raw(seed, scene, burst, exposure), exposure_time=exposure, **common)
+            files[short_path.relative_to(root).as_posix()] = short_path.stat().st_size
+            lines.append(f"./Sony/short/{short_name} ./Sony/long/{long_name} ISO{scene.iso} F{scene.f_number:g}")
+    return files, lines
 
 
 def _parameters(seed, height, width, train_scenes, val_scenes, test_scenes, bursts) -> dict:
@@ -440,11 +510,14 @@ def generate_synthetic_sid(
     test_scenes: int = 2,
     bursts: int = 2,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> Path:
     """Writes (or reuses) a synthetic SID Sony set under root and returns root.
 
     The manifest is written last, so a set whose generation was interrupted has none and is
-    regenerated; a set made with other parameters is regenerated too.
+    regenerated; a set made with other parameters is regenerated too. Scenes are rendered by
+    `workers` processes (default: 2 for sets of more than a few megapixels, else this process,
+    since starting a worker costs about a second); the files do not depend on the worker count.
     """
     _check_size(height, width)
     for label, value in (("train_scenes", train_scenes), ("val_scenes", val_scenes), ("test_scenes", test_scenes)):
@@ -472,27 +545,33 @@ def generate_synthetic_sid(
     ]
     list_lines: dict[str, list[str]] = {split: [] for split in scene_counts}
     written: dict[str, int] = {}
+    if workers is None:
+        workers = 2 if len(scene_ids) * height * width > 4_000_000 else 0
+    jobs = [(str(root), seed, scene_id, height, width, bursts) for _, scene_id in scene_ids]
+    progress = tqdm(total=len(jobs), desc="synthetic SID scenes", unit="scene", leave=False)
+    try:
+        if workers <= 0:
+            results = []
+            for job in jobs:
+                results.append(_write_scene(*job))
+                progress.update()
+        else:
+            # Not fork: the parent may hold OpenMP (torch, LibRaw) threads, which a forked child inherits broken.
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as executor:
+                futures = [executor.submit(_write_scene, *job) for job in jobs]
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()
+                    progress.update()
+                results = [future.result() for future in futures]
+    finally:
+        progress.close()
+    for (split, _), (files, lines) in zip(scene_ids, results):
+        written.update(files)
+        list_lines[split].extend(lines)
 
     def record(file_path: Path) -> None:
         written[file_path.relative_to(root).as_posix()] = file_path.stat().st_size
-
-    for split, scene_id in tqdm(scene_ids, desc="synthetic SID scenes", unit="scene", leave=False):
-        scene = render_scene(seed, scene_id, height, width)
-        common = dict(white_balance_gains=scene.white_balance_gains, iso=scene.iso, f_number=scene.f_number)
-        long_name = f"{scene_id:05d}_00_{exposure_label(scene.long_exposure)}.dng"
-        long_path = root / "Sony" / "long" / long_name
-        write_dng(long_path, long_exposure_raw(scene), exposure_time=scene.long_exposure, **common)
-        record(long_path)
-        for burst in range(bursts):
-            for exposure in scene.short_exposures:
-                short_name = f"{scene_id:05d}_{burst:02d}_{exposure_label(exposure)}.dng"
-                short_path = root / "Sony" / "short" / short_name
-                raw = short_exposure_raw(seed, scene, burst, exposure)
-                write_dng(short_path, raw, exposure_time=exposure, **common)
-                record(short_path)
-                list_lines[split].append(
-                    f"./Sony/short/{short_name} ./Sony/long/{long_name} ISO{scene.iso} F{scene.f_number:g}"
-                )
 
     for split, lines in list_lines.items():
         list_path = root / LIST_FILE_NAME[split]
@@ -535,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-scenes", type=int, default=2)
     parser.add_argument("--bursts", type=int, default=2, help="short-exposure bursts per scene")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if a matching set exists")
+    parser.add_argument("--workers", type=int, default=None, help="scene-rendering processes (0: this one)")
     arguments = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -548,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
             test_scenes=arguments.test_scenes,
             bursts=arguments.bursts,
             overwrite=arguments.overwrite,
+            workers=arguments.workers,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
