@@ -145,7 +145,9 @@ class ValConfig(Section):
     ssim: Literal["skimage", "gaussian"] = "skimage"
     # float: clipped float images; uint8: the DBF/DBLE authors' truncated 8-bit scoring (core/metrics.py)
     metric_precision: Literal["float", "uint8"] = "float"
-    tile_size: Optional[int] = None  # null: whole frames; else tiles of this size (multiple of 32)
+    # null: whole frames (on a GPU, a frame that does not fit falls back to exact 512 tiles); else tiles
+    # of this size (multiple of 32)
+    tile_size: Optional[int] = None
     tile_overlap: int = 32
     # null: exact frame-wide channel-attention averages (4 short statistics passes + 1, see
     # core/evaluate.py); 0: each tile averages over itself (one pass, about 0.03 dB off).

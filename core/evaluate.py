@@ -278,6 +278,22 @@ def save_png(path: Path, image: np.ndarray) -> None:
     write_bytes_atomic(path, encoded.getvalue())
 
 
+# Tile size used when a whole frame does not fit in GPU memory (exact tiling keeps the result equal).
+FALLBACK_TILE_SIZE = 512
+
+
+def predict_fitting(model, inputs, tile_size=None, overlap=32, statistics_passes=None):
+    """`predict`, whole frame when `tile_size` is None; a frame that runs out of GPU memory is predicted
+    again in exact tiles (FALLBACK_TILE_SIZE), so untiled GPU evaluation needs no setting."""
+    if tile_size is not None or inputs.device.type != "cuda":
+        return predict(model, inputs, tile_size, overlap, statistics_passes)
+    try:
+        return predict(model, inputs, None, overlap, statistics_passes)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return predict(model, inputs, FALLBACK_TILE_SIZE, overlap, statistics_passes)
+
+
 @torch.no_grad()
 def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, overlap=32,
              image_dir=None, description="eval", statistics_passes: Optional[int] = None,
@@ -299,7 +315,7 @@ def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, ove
         for index in tqdm(range(len(dataset)), desc=description, leave=False, dynamic_ncols=True):
             item = dataset[index]
             inputs = item["input"].unsqueeze(0).to(device)
-            mono, rgb = split_outputs(predict(model, inputs, tile_size, overlap, statistics_passes))
+            mono, rgb = split_outputs(predict_fitting(model, inputs, tile_size, overlap, statistics_passes))
             prediction = rgb[0].float().clamp(0, 1).cpu()
             target = item["rgb"]
             row = {"file": Path(item.get("short_path", item["name"])).name, "ratio": float(item["ratio"]),
