@@ -28,6 +28,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core import slurm
 from core.config import ConfigError, apply_override, load_with_bases, load_config
 from core.files import read_csv, write_bytes_atomic, write_csv_atomic, write_text_atomic
 from core.names import validation_error_line
@@ -44,7 +45,7 @@ class Variant(BaseModel):
 class SlurmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     partition: Optional[str] = None
-    gpus_per_node: int = 1
+    gpus_per_node: int = 0
     cpus_per_task: int = 8
     mem_gb: int = 64
     timeout_min: int = 24 * 60
@@ -215,6 +216,7 @@ def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None)
     write_text_atomic(results_dir / "sweep.yaml", yaml.safe_dump(sweep.model_dump(), sort_keys=False))
     print(f"sweep {sweep.name}: {len(variants)} variant(s) -> {results_dir}")
     launcher = launcher or sweep.launcher
+    failed = []
     if launcher == "local" and executor is None:
         for index, config in enumerate(configs, start=1):
             print(f"=== variant {index}/{len(configs)}: {config.experiment}")
@@ -222,31 +224,18 @@ def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None)
     else:
         executor = executor or _slurm_executor(sweep, results_dir)
         pending = [c for c in configs if not (c.run_dir / "summary.json").exists()]
-        jobs = executor.map_array(run_variant, pending) if pending else []
-        print(f"submitted {len(jobs)} job(s): {', '.join(str(j.job_id) for j in jobs)}")
-        for job in jobs:
-            job.result()  # waits; a failed variant raises here with its own error
+        failed = slurm.run_jobs(executor, run_variant, pending, results_dir)  # waits on all; never submits twice
     rows = summarise(sweep, variants, results_dir)
     columns = [c for c in ("variant", *sweep.grid, "best_val_psnr", "best_epoch", "test_psnr", "test_ssim")
                if any(c in r for r in rows)]
     print(format_table(rows, columns))
     print(f"sweep summary: {results_dir / 'summary.md'} (plots: best_psnr.png, psnr_curves.png)")
+    slurm.raise_if_failed(failed)
     return rows
 
 
 def _slurm_executor(sweep: SweepConfig, results_dir: Path):
-    import submitit
-    executor = submitit.AutoExecutor(folder=str(results_dir / "slurm_logs"), cluster="slurm")
-    slurm = sweep.slurm
-    parameters = {"timeout_min": slurm.timeout_min, "gpus_per_node": slurm.gpus_per_node,
-                  "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb,
-                  "slurm_array_parallelism": slurm.array_parallelism, "name": f"sweep-{sweep.name}"}
-    if slurm.partition:
-        parameters["slurm_partition"] = slurm.partition
-    if slurm.additional_parameters:
-        parameters["slurm_additional_parameters"] = slurm.additional_parameters
-    executor.update_parameters(**parameters)
-    return executor
+    return slurm.make_executor(sweep.slurm, results_dir / "slurm_logs", f"sweep-{sweep.name}")
 
 
 def main(argv=None):
