@@ -1,0 +1,117 @@
+"""Sweeps on a real Slurm (scripts/local_slurm.sh starts one; .ci/run does so where apt exists):
+started from another directory, a cancelled job (the others summarised, its log named, a re-run
+resumes it), and a re-run that waits for a live job instead of submitting its variant twice."""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_train import REPOSITORY_ROOT, write_run_config
+
+
+def slurm_is_running() -> bool:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    return result.returncode == 0 and any(s.strip("*~#") in ("idle", "mix", "alloc") for s in result.stdout.split())
+
+
+pytestmark = pytest.mark.skipif(not slurm_is_running(), reason="no Slurm running here (scripts/local_slurm.sh start)")
+
+
+def write_slurm_sweep(folder: Path, data_root: Path, learning_rates) -> Path:
+    base = write_run_config(folder, data_root, schedule__epochs=3, schedule__iters_per_epoch=1, model__width=0.125)
+    sweep = {"base": str(base), "grid": {"optim.lr": learning_rates}, "launcher": "slurm",
+             "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 15}}
+    path = folder / "tiny_sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def start_sweep(sweep_path: Path, cwd: Path) -> subprocess.Popen:
+    # Without PYTHONPATH: the jobs must find the project on their own.
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "sweep.py"), "--config", str(sweep_path)],
+                            cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, what, seconds=600):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def record(results: Path, variant: str) -> dict:
+    return json.loads((results / "slurm_jobs" / f"{variant}.json").read_text())
+
+
+def job_state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def test_cancelled_job_leaves_the_others_summarised_and_a_rerun_resumes_it(synthetic_sid_root, tmp_path):
+    elsewhere = tmp_path / "elsewhere"  # not the repository: the jobs must still import the project
+    elsewhere.mkdir()
+    sweep_path = write_slurm_sweep(tmp_path, synthetic_sid_root, [1e-3, 3e-3])
+    results = elsewhere / "results" / "tiny_sweep"
+
+    sweep = start_sweep(sweep_path, elsewhere)
+    wait_until(lambda: (results / "lr=0.003" / "checkpoints" / "latest_epoch0001.pth").exists() or sweep.poll() is not None,
+               "the first epoch of variant lr=0.003")
+    cancelled = record(results, "lr=0.003")
+    subprocess.run(["scancel", cancelled["job_id"]], check=True)
+    stdout, stderr = sweep.communicate(timeout=600)
+
+    assert sweep.returncode == 2, stdout[-2000:] + stderr[-2000:]
+    assert f"variant lr=0.003: job {cancelled['job_id']} CANCELLED; log: {cancelled['stderr']}" in stderr
+    assert "error: 1 variant job(s) did not finish" in stderr
+    assert [r["variant"] for r in csv.DictReader((results / "summary.csv").open())] == ["lr=0.001"]
+    # The job got scancel's SIGTERM through submitit and stopped on a checkpoint.
+    assert "stopped by SIGTERM; checkpoint" in Path(cancelled["stderr"]).read_text()
+    assert not (results / "lr=0.003" / "checkpoints" / "latest_epoch0003.pth").exists()
+
+    rerun = start_sweep(sweep_path, elsewhere)
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    assert sorted(r["variant"] for r in csv.DictReader((results / "summary.csv").open())) == ["lr=0.001", "lr=0.003"]
+    resumed = record(results, "lr=0.003")
+    assert resumed["job_id"] != cancelled["job_id"]
+    assert "resuming from" in Path(resumed["stdout"]).read_text()
+    assert "submitted 1 job(s)" in stdout
+
+
+def test_rerun_waits_for_a_live_job_instead_of_submitting_its_variant_again(synthetic_sid_root, tmp_path):
+    sweep_path = write_slurm_sweep(tmp_path, synthetic_sid_root, [1e-3])
+    results = tmp_path / "results" / "tiny_sweep"
+    first = start_sweep(sweep_path, tmp_path)
+    wait_until(lambda: (results / "slurm_jobs" / "lr=0.001.json").exists() or first.poll() is not None,
+               "the job record")
+    job_id = record(results, "lr=0.001")["job_id"]
+    wait_until(lambda: job_state(job_id) == "RUNNING", f"job {job_id} to start")
+    # Suspended, the job stays alive for as long as the test needs, whatever the machine's speed.
+    subprocess.run(["scontrol", "suspend", job_id], check=True)
+    first.send_signal(signal.SIGKILL)  # the sweep dies; its job lives on
+    first.wait()
+
+    rerun = start_sweep(sweep_path, tmp_path)
+    waiting = []
+    wait_until(lambda: waiting.append(rerun.stdout.readline()) or "waiting for it" in waiting[-1] or
+               rerun.poll() is not None, "the re-run to find the live job")
+    subprocess.run(["scontrol", "resume", job_id], check=True)
+    stdout, stderr = rerun.communicate(timeout=600)
+    stdout = "".join(waiting) + stdout
+    assert rerun.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    assert f"variant lr=0.001: job {job_id} is still SUSPENDED; waiting for it instead of submitting again" in stdout
+    assert "submitted" not in stdout
+    assert record(results, "lr=0.001")["job_id"] == job_id
+    assert [r["variant"] for r in csv.DictReader((results / "summary.csv").open())] == ["lr=0.001"]
