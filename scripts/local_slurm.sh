@@ -106,7 +106,10 @@ start() {
     log "munge"
     mkdir -p /run/munge && chown munge:munge /run/munge
     [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null; chown munge:munge /etc/munge/munge.key; }
-    pgrep -x munged >/dev/null || runuser -u munge -- munged
+    if ! pgrep -x munged >/dev/null; then
+        runuser -u munge -- munged
+        touch "$HOME_DIR/run/started_munge"  # stop ends only a munged that this script started
+    fi
     wait_for munge 10 munge -n
 
     log "mariadb"
@@ -149,13 +152,20 @@ stop_pid_file() {
 }
 
 stop() {
+    if ! grep -qsF "$MARKER" "$CONF_DIR/slurm.conf"; then
+        log "no Slurm started by this script; nothing to stop"
+        return
+    fi
     # Jobs still on the node would otherwise outlive their slurmd.
     scancel --full --quiet --user=root 2>/dev/null || true
     stop_pid_file "$HOME_DIR/run/slurmd.pid"
     stop_pid_file "$HOME_DIR/run/slurmctld.pid"
     stop_pid_file "$HOME_DIR/run/slurmdbd.pid"
     stop_pid_file /run/mysqld/mariadb.pid
-    stop_pid_file /run/munge/munged.pid
+    if [ -f "$HOME_DIR/run/started_munge" ]; then
+        stop_pid_file /run/munge/munged.pid
+        rm -f "$HOME_DIR/run/started_munge"
+    fi
     log "stopped"
 }
 

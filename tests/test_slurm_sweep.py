@@ -115,3 +115,39 @@ def test_rerun_waits_for_a_live_job_instead_of_submitting_its_variant_again(synt
     assert "submitted" not in stdout
     assert record(results, "lr=0.001")["job_id"] == job_id
     assert [r["variant"] for r in csv.DictReader((results / "summary.csv").open())] == ["lr=0.001"]
+
+
+def test_without_accounting_a_cancelled_job_is_reported_not_waited_for(synthetic_sid_root, tmp_path):
+    # A PATH with every Slurm command but sacct: a cluster whose accounting is disabled.
+    commands = tmp_path / "bin_without_sacct"
+    commands.mkdir()
+    for name in ("sbatch", "squeue", "sinfo", "scancel", "srun"):
+        (commands / name).symlink_to(shutil.which(name))
+    sweep_path = write_slurm_sweep(tmp_path, synthetic_sid_root, [1e-3])
+    results = tmp_path / "results" / "tiny_sweep"
+    environment = {**os.environ, "PATH": f"{commands}{os.pathsep}{Path(sys.executable).parent}"}
+    environment.pop("PYTHONPATH", None)
+    sweep = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "sweep.py"), "--config", str(sweep_path)],
+                             cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (results / "slurm_jobs" / "lr=0.001.json").exists() or sweep.poll() is not None,
+               "the job record")
+    cancelled = record(results, "lr=0.001")
+    subprocess.run(["scancel", cancelled["job_id"]], check=True)
+    stdout, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 2, stdout[-2000:] + stderr[-2000:]
+    assert (f"variant lr=0.001: job {cancelled['job_id']} ended without a result (state unknown: no Slurm "
+            f"accounting); log: {cancelled['stderr']}") in stderr
+
+
+def test_gpu_request_on_a_partition_without_gpus_is_one_line_naming_the_key(synthetic_sid_root, tmp_path):
+    sweep_path = write_slurm_sweep(tmp_path, synthetic_sid_root, [1e-3])
+    if "gpu" in subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True).stdout:
+        pytest.skip("this cluster has GPUs")
+    result = subprocess.run([sys.executable, str(REPOSITORY_ROOT / "sweep.py"), "--config", str(sweep_path),
+                             "--set", "slurm.gpus_per_node=1"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: slurm.gpus_per_node: 1, but partition (default) has no GPUs (sinfo %G: (null)); "
+        "set slurm.gpus_per_node: 0 for CPU jobs")
+    assert not (tmp_path / "results" / "tiny_sweep" / "slurm_jobs").exists()
