@@ -223,8 +223,7 @@ def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None)
             run_variant(config)
     else:
         executor = executor or _slurm_executor(sweep, results_dir)
-        pending = [c for c in configs if not (c.run_dir / "summary.json").exists()]
-        failed = slurm.run_jobs(executor, run_variant, pending, results_dir)  # waits on all; never submits twice
+        failed = slurm.run_jobs(executor, run_variant, configs, results_dir)  # waits on all; never submits twice
     rows = summarise(sweep, variants, results_dir)
     columns = [c for c in ("variant", *sweep.grid, "best_val_psnr", "best_epoch", "test_psnr", "test_ssim")
                if any(c in r for r in rows)]

@@ -102,8 +102,9 @@ def read_record(results_dir: Path, variant: str):
 
 
 def submit(executor, function, configs, results_dir: Path) -> list:
-    """Submit `function(config)` for each config, except variants whose recorded job is still alive:
-    those are waited for, not submitted twice. Returns [(variant, job, record)] for every variant."""
+    """Submit `function(config)` for each unfinished config (no summary.json), except variants whose
+    recorded job is still alive: those are waited for, not submitted twice (even when a summary.json
+    exists: the job may still be writing the test report). Returns [(variant, job, record)]."""
     import submitit
     on_slurm = getattr(executor, "cluster", None) == "slurm" or isinstance(executor, submitit.SlurmExecutor)
     records = {c.experiment: read_record(results_dir, c.experiment) if on_slurm else None for c in configs}
@@ -121,7 +122,7 @@ def submit(executor, function, configs, results_dir: Path) -> list:
                   "waiting for it instead of submitting again")
             watched.append((config.experiment, submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"]),
                             record))
-        else:
+        elif not (config.run_dir / "summary.json").exists():
             to_submit.append(config)
     if to_submit:
         try:
@@ -240,7 +241,8 @@ def _last_line(error) -> str:
 
 
 def run_jobs(executor, function, configs, results_dir: Path) -> list[str]:
-    """Submit (or keep waiting for) each config's job and wait for all; returns the failure lines."""
+    """Submit (or keep waiting for) each unfinished config's job and wait for all; returns the
+    failure lines."""
     watched = submit(executor, function, configs, results_dir)
     return wait_all(watched) if watched else []
 
