@@ -7,10 +7,11 @@
   atomically. A re-run that finds a record whose job is still queued or running waits for that job
   instead of submitting the variant again, so two jobs never write one run folder. (The record is
   kept outside the variant's run folder because a fresh run replaces that folder.)
-- Job state comes from squeue (alive: queued, running, completing) and, once a job has left the
-  queue, from its submitit result file, then sacct. Without accounting (no sacct) a job that left the
-  queue with no result file is reported as ended in an unknown state; nothing waits forever. If
-  squeue itself keeps failing, the wait stops with one line after STATE_TIMEOUT_SECONDS.
+- Job state comes from squeue (alive: queued, running, suspended, completing) and, once a job has
+  left the queue, from its submitit result file, then sacct. Without accounting (no sacct, or
+  accounting disabled) a job that left the queue with no result file counts as finished when its
+  variant's summary.json holds the test report, else as ended in an unknown state; nothing waits
+  forever. If squeue itself keeps failing, the wait stops with one line after STATE_TIMEOUT_SECONDS.
 - A failed job does not stop the others: all are waited for, and the failures come back as one line
   each (state and log files), for the caller to report after the summary of what finished.
 """
@@ -35,6 +36,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 ALIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
                 "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 STATE_TIMEOUT_SECONDS = 300
+RESULT_FILE_GRACE_SECONDS = 60  # a shared filesystem may show a job's result file after squeue forgets the job
 LONGEST_POLL_SECONDS = 30
 
 
@@ -104,7 +106,7 @@ def read_record(results_dir: Path, variant: str):
 def submit(executor, function, configs, results_dir: Path) -> list:
     """Submit `function(config)` for each unfinished config (no summary.json), except variants whose
     recorded job is still alive: those are waited for, not submitted twice (even when a summary.json
-    exists: the job may still be writing the test report). Returns [(variant, job, record)]."""
+    exists: the job may still be writing the test report). Returns [(variant, job, summary.json path)]."""
     import submitit
     on_slurm = getattr(executor, "cluster", None) == "slurm" or isinstance(executor, submitit.SlurmExecutor)
     records = {c.experiment: read_record(results_dir, c.experiment) if on_slurm else None for c in configs}
@@ -121,7 +123,7 @@ def submit(executor, function, configs, results_dir: Path) -> list:
             print(f"variant {config.experiment}: job {record['job_id']} is still {alive[record['job_id']]}; "
                   "waiting for it instead of submitting again")
             watched.append((config.experiment, submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"]),
-                            record))
+                            config.run_dir / "summary.json"))
         elif not (config.run_dir / "summary.json").exists():
             to_submit.append(config)
     if to_submit:
@@ -134,7 +136,7 @@ def submit(executor, function, configs, results_dir: Path) -> list:
         for config, job in zip(to_submit, jobs):
             if on_slurm:
                 write_record(results_dir, config.experiment, job)
-            watched.append((config.experiment, job, read_record(results_dir, config.experiment)))
+            watched.append((config.experiment, job, config.run_dir / "summary.json"))
         print(f"submitted {len(jobs)} job(s): {', '.join(str(j.job_id) for j in jobs)}")
     return watched
 
@@ -175,7 +177,7 @@ def final_states(job_ids) -> dict:
 def wait_all(watched) -> list[str]:
     """Wait until no watched job is queued or running; returns one line per failed variant."""
     import submitit
-    remaining = {str(job.job_id): (variant, job, record) for variant, job, record in watched}
+    remaining = {str(job.job_id): entry for entry in watched for job in [entry[1]]}
     slurm_jobs = [j for j in remaining if isinstance(remaining[j][1], submitit.SlurmJob)]
     progress = tqdm(total=len(remaining), desc="jobs finished", dynamic_ncols=True)
     poll, last_read = 1.0, time.time()
@@ -193,7 +195,7 @@ def wait_all(watched) -> list[str]:
             alive = None
         if alive is not None:
             for job_id in list(remaining):
-                variant, job, record = remaining[job_id]
+                job = remaining[job_id][1]
                 done = job.paths.result_pickle.exists() or (job_id not in alive if job_id in slurm_jobs
                                                             else job.done())
                 if done:
@@ -208,24 +210,41 @@ def wait_all(watched) -> list[str]:
 
 def failures(finished) -> list[str]:
     """One line per variant whose job did not return successfully, naming its log files."""
-    lines, unknown = [], []
-    for variant, job, record in finished:
+    without_result = [entry for entry in finished if not entry[1].paths.result_pickle.exists()]
+    states = final_states([str(job.job_id) for _, job, _ in without_result])
+    # A job that completed (by sacct, or by its summary when there is no accounting) may have a result
+    # file still on its way.
+    waiting_for = [job for _, job, summary_path in without_result
+                   if states.get(str(job.job_id)) == "COMPLETED"
+                   or (str(job.job_id) not in states and _has_test_report(summary_path))]
+    deadline = time.time() + RESULT_FILE_GRACE_SECONDS
+    while waiting_for and time.time() < deadline and not any(job.paths.result_pickle.exists() for job in waiting_for):
+        time.sleep(2)
+    lines = []
+    for variant, job, summary_path in finished:
         if job.paths.result_pickle.exists():
             error = job.exception()
             if error is None:
                 continue
             state = f"failed ({_last_line(error)})"
+        elif str(job.job_id) in states:
+            state = states[str(job.job_id)]
+            if state == "COMPLETED":
+                state = "COMPLETED but left no result file"
+        elif _has_test_report(summary_path):
+            continue  # no accounting, no result file, but the run got to its end
         else:
-            unknown.append((variant, job, record))
-            continue
-        lines.append(_failure_line(variant, job, state))
-    states = final_states([str(job.job_id) for _, job, _ in unknown])
-    for variant, job, record in unknown:
-        state = states.get(str(job.job_id))
-        if state is None:
             state = "ended without a result (state unknown: no Slurm accounting)"
         lines.append(_failure_line(variant, job, state))
     return lines
+
+
+def _has_test_report(summary_path: Path) -> bool:
+    """train.finish writes summary.json twice: the test metrics come with the second, last write."""
+    try:
+        return "test_psnr" in json.loads(Path(summary_path).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _failure_line(variant, job, state) -> str:
