@@ -36,6 +36,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 ALIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
                 "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 STATE_TIMEOUT_SECONDS = 300
+ACCOUNTING_LAG_SECONDS = 30
 RESULT_FILE_GRACE_SECONDS = 60  # a shared filesystem may show a job's result file after squeue forgets the job
 LONGEST_POLL_SECONDS = 30
 
@@ -157,20 +158,31 @@ def alive_jobs(job_ids) -> dict:
     return states
 
 
-def final_states(job_ids) -> dict:
-    """{job id: state} from Slurm's accounting; empty when the cluster has none (no sacct, or
-    accounting disabled), which callers treat as "state unknown"."""
+def final_states(job_ids):
+    """{job id: state} from Slurm's accounting, or None when the cluster has none (no sacct, or
+    accounting disabled)."""
     if not job_ids or shutil.which("sacct") is None:
-        return {}
-    result = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(map(str, job_ids))],
+        return None
+    job_ids = [str(j) for j in job_ids]
+    # Array tasks that never started have no record of their own, only their array's "123_[0-3]".
+    queried = sorted(set(job_ids) | {j.split("_")[0] for j in job_ids})
+    result = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(queried)],
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        return {}
-    states = {}
+        return None
+    states, never_started = {}, {}
     for line in result.stdout.splitlines():
         job_id, _, state = line.strip().partition("|")
-        if state:
-            states[job_id] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+        if not state:
+            continue
+        state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+        if "_[" in job_id:
+            never_started[job_id.split("_")[0]] = state
+        else:
+            states[job_id] = state
+    for job_id in job_ids:
+        if job_id not in states and job_id.split("_")[0] in never_started:
+            states[job_id] = never_started[job_id.split("_")[0]]
     return states
 
 
@@ -211,15 +223,23 @@ def wait_all(watched) -> list[str]:
 def failures(finished) -> list[str]:
     """One line per variant whose job did not return successfully, naming its log files."""
     without_result = [entry for entry in finished if not entry[1].paths.result_pickle.exists()]
-    states = final_states([str(job.job_id) for _, job, _ in without_result])
+    job_ids = [str(job.job_id) for _, job, _ in without_result]
+    states = final_states(job_ids)
+    deadline = time.time() + ACCOUNTING_LAG_SECONDS
+    while states is not None and not set(job_ids) <= set(states) and time.time() < deadline:
+        time.sleep(2)  # slurmctld hands finished jobs to slurmdbd a little later
+        states = final_states(job_ids)
+    accounting = states is not None
+    states = states or {}
     # A job that completed (by sacct, or by its summary when there is no accounting) may have a result
     # file still on its way.
     waiting_for = [job for _, job, summary_path in without_result
                    if states.get(str(job.job_id)) == "COMPLETED"
                    or (str(job.job_id) not in states and _has_test_report(summary_path))]
     deadline = time.time() + RESULT_FILE_GRACE_SECONDS
-    while waiting_for and time.time() < deadline and not any(job.paths.result_pickle.exists() for job in waiting_for):
+    while waiting_for and time.time() < deadline:
         time.sleep(2)
+        waiting_for = [job for job in waiting_for if not job.paths.result_pickle.exists()]
     lines = []
     for variant, job, summary_path in finished:
         if job.paths.result_pickle.exists():
@@ -234,7 +254,8 @@ def failures(finished) -> list[str]:
         elif _has_test_report(summary_path):
             continue  # no accounting, no result file, but the run got to its end
         else:
-            state = "ended without a result (state unknown: no Slurm accounting)"
+            state = ("ended without a result (no state in sacct)" if accounting else
+                     "ended without a result (state unknown: no Slurm accounting)")
         lines.append(_failure_line(variant, job, state))
     return lines
 

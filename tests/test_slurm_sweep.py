@@ -162,3 +162,21 @@ def test_gpu_request_on_a_partition_without_gpus_is_one_line_naming_the_key(synt
         "error: slurm.gpus_per_node: 1, but partition (default) has no GPUs (sinfo %G: (null)); "
         "set slurm.gpus_per_node: 0 for CPU jobs")
     assert not (tmp_path / "results" / "tiny_sweep" / "slurm_jobs").exists()
+
+
+def test_jobs_cancelled_before_they_started_are_reported_with_their_state(synthetic_sid_root, tmp_path):
+    sweep_path = write_slurm_sweep(tmp_path, synthetic_sid_root, [1e-3, 3e-3])
+    results = tmp_path / "results" / "tiny_sweep"
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Held jobs stay queued until the test cancels them (the array's tasks never get records of their own).
+    sweep = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "sweep.py"), "--config", str(sweep_path),
+                              "--set", "slurm.additional_parameters.hold=true"],
+                             cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (results / "slurm_jobs" / "lr=0.003.json").exists() or sweep.poll() is not None,
+               "the job records")
+    held = [record(results, variant) for variant in ("lr=0.001", "lr=0.003")]
+    subprocess.run(["scancel", held[0]["job_id"].split("_")[0]], check=True)
+    stdout, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 2, stdout[-2000:] + stderr[-2000:]
+    for variant, job in zip(("lr=0.001", "lr=0.003"), held):
+        assert f"variant {variant}: job {job['job_id']} CANCELLED; log: {job['stderr']}" in stderr
