@@ -35,6 +35,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core import slurm
 from core.config import ConfigError, apply_override, load_with_bases, load_config
 from core.files import write_csv_atomic, write_text_atomic
 from core.names import validation_error_line
@@ -64,7 +65,7 @@ class Variant(BaseModel):
 class SlurmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     partition: Optional[str] = None
-    gpus_per_node: int = 1
+    gpus_per_node: int = 0
     cpus_per_task: int = 8
     mem_gb: int = 64
     timeout_min: int = 24 * 60
@@ -296,17 +297,14 @@ def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None)
     seeds = f" x {len(sweep.seeds)} seed(s)" if sweep.seeds else ""
     print(f"sweep {sweep.name}: {len(variants)} variant(s){seeds} -> {results_dir}")
     launcher = launcher or sweep.launcher
+    failed = []
     if launcher == "local" and executor is None:
         for index, config in enumerate(configs, start=1):
             print(f"=== run {index}/{len(configs)}: {config.experiment}")
             run_variant(config)
     else:
         executor = executor or _slurm_executor(sweep, results_dir)
-        pending = [c for c in configs if not (c.run_dir / "summary.json").exists()]
-        jobs = executor.map_array(run_variant, pending) if pending else []
-        print(f"submitted {len(jobs)} job(s): {', '.join(str(j.job_id) for j in jobs)}")
-        for job in jobs:
-            job.result()  # waits; a failed variant raises here with its own error
+        failed = slurm.run_jobs(executor, run_variant, configs, results_dir)  # waits on all; never submits twice
     rows = summarise(sweep, variants, results_dir)
     table, columns = display_rows(rows)
     mode = f"metric {rows[0]['metric_precision']}, SSIM {rows[0]['ssim_variant']}" if rows else "no finished run"
@@ -315,22 +313,12 @@ def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None)
     print(format_table(table, columns))
     print(f"sweep summary: {results_dir / 'summary.md'} (all columns: summary.csv; figures: "
           f"{', '.join(SWEEP_FIGURES)})")
+    slurm.raise_if_failed(failed)
     return rows
 
 
 def _slurm_executor(sweep: SweepConfig, results_dir: Path):
-    import submitit
-    executor = submitit.AutoExecutor(folder=str(results_dir / "slurm_logs"), cluster="slurm")
-    slurm = sweep.slurm
-    parameters = {"timeout_min": slurm.timeout_min, "gpus_per_node": slurm.gpus_per_node,
-                  "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb,
-                  "slurm_array_parallelism": slurm.array_parallelism, "name": f"sweep-{sweep.name}"}
-    if slurm.partition:
-        parameters["slurm_partition"] = slurm.partition
-    if slurm.additional_parameters:
-        parameters["slurm_additional_parameters"] = slurm.additional_parameters
-    executor.update_parameters(**parameters)
-    return executor
+    return slurm.make_executor(sweep.slurm, results_dir / "slurm_logs", f"sweep-{sweep.name}")
 
 
 def main(argv=None):

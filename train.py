@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from core import distributed
+from core import distributed, preemption
 from core.checkpoint import CheckpointSaver, restore_training, training_payload
 from core.config import ConfigError, dump_config
 from core.divergence import DivergenceGuard
@@ -269,7 +269,8 @@ def run(config, resume=False, overwrite=False):
     Under torchrun every process runs this; rank 0 alone writes results."""
     ddp = distributed.start(config.device)
     try:
-        return _run(config, resume, overwrite, ddp)
+        with preemption.stop_signals_handled():  # SIGTERM/SIGUSR1/SIGUSR2: stop after the epoch's checkpoint
+            return _run(config, resume, overwrite, ddp)
     finally:
         distributed.stop(ddp)
 
@@ -360,6 +361,7 @@ def _run(config, resume, overwrite, ddp):
             best = validate_and_checkpoint(config, epoch, model, val_set, device, means, lr, started, optimizer,
                                            scheduler, saver, log, best, speed)
         ddp.barrier()
+        preemption.stop_if_requested(saver.latest(), ddp)
     if not main_process:
         return None
     log.close()
