@@ -43,7 +43,11 @@ def _bits(quantizer) -> int:
 
 
 def reference_input_shape(qmodel: GraphModule, size: int = REFERENCE_SIZE) -> tuple[int, ...]:
-    """(1, channels, size, size) with the channels of the first weighted layer reading the input."""
+    """(1, channels, size, size): the channels the network's declared input kind has (models/contract.py),
+    else those of the first weighted layer reading the input."""
+    declared = {"mosaic": 1, "packed": 4}.get(getattr(qmodel, "input_kind", None))
+    if declared is not None:
+        return (1, declared, size, size)
     placeholders = [n for n in qmodel.graph.nodes if n.op == "placeholder"]
     frontier = list(placeholders)
     while frontier:
