@@ -36,8 +36,9 @@ SKIP_REASON = slurm_skip_reason()
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 
-def write_slurm_sweep(folder: Path, data_root: Path, learning_rates) -> Path:
-    base = write_run_config(folder, data_root, schedule__epochs=3, schedule__iters_per_epoch=1, model__width=0.125)
+def write_slurm_sweep(folder: Path, data_root: Path, learning_rates, **overrides) -> Path:
+    settings = dict(schedule__epochs=3, schedule__iters_per_epoch=1, model__width=0.125, **overrides)
+    base = write_run_config(folder, data_root, **settings)
     sweep = {"base": str(base), "grid": {"optim.lr": learning_rates}, "launcher": "slurm",
              "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 15}}
     path = folder / "tiny_sweep.yaml"
@@ -71,7 +72,8 @@ def job_state(job_id: str) -> str:
 def test_cancelled_job_leaves_the_others_summarised_and_a_rerun_resumes_it(synthetic_sid_root, tmp_path):
     elsewhere = tmp_path / "elsewhere"  # not the repository: the jobs must still import the project
     elsewhere.mkdir()
-    sweep_path = write_slurm_sweep(tmp_path, synthetic_sid_root, [1e-3, 3e-3])
+    # A relative results_dir: results go where the sweep was started, as the jobs must find them.
+    sweep_path = write_slurm_sweep(tmp_path, synthetic_sid_root, [1e-3, 3e-3], output__results_dir="results")
     results = elsewhere / "results" / "tiny_sweep"
 
     sweep = start_sweep(sweep_path, elsewhere)
