@@ -11,7 +11,6 @@ confidence intervals) is results/sweep_ablation/summary.md; the figures lie besi
 import json
 import sys
 import time
-from pathlib import Path
 
 from core.config import load_config
 from core.runner import run_entry_point
@@ -24,7 +23,7 @@ def main(argv):
 
     teacher_config = load_config("configfile/ablation_teacher.yaml")
     summary = teacher_config.run_dir / "summary.json"
-    if summary.exists() and Path("onnx", f"{teacher_config.experiment}.pth").exists():
+    if summary.exists() and (teacher_config.artifacts_dir / f"{teacher_config.experiment}.pth").exists():
         print(f"=== 1/2 full-precision teacher: trained earlier ({summary}), test PSNR "
               f"{json.loads(summary.read_text())['test_psnr']:.2f} dB")
     else:

@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 
 from core.config import load_config
 from core.records import format_table
@@ -36,7 +37,8 @@ def main(argv):
     from core.export import export_run
 
     print("=== 1/3 full-precision teacher (configfile/demo_fp.yaml)")
-    teacher = train.run(load_config("configfile/demo_fp.yaml"), overwrite=True)
+    teacher_config = load_config("configfile/demo_fp.yaml")
+    teacher = train.run(teacher_config, overwrite=True)
 
     print("\n=== 2/3 W8A8 QAT without / with distillation (configfile/demo_sweep.yaml)")
     demo_sweep = sweep.load_sweep("configfile/demo_sweep.yaml")
@@ -49,7 +51,7 @@ def main(argv):
     variant_dir = sweep.sweep_results_dir(demo_sweep) / best["variant"]
     summary = json.loads((variant_dir / "summary.json").read_text())
     variant_config = load_config(variant_dir / "config.yaml", check_files=False)
-    export_run(variant_config, summary["checkpoint"], variant_config.artifacts_dir / "demo_w8a8")
+    export_run(variant_config, summary["checkpoint"], teacher_config.artifacts_dir / "demo_w8a8")
 
     print("\n=== demo summary (test split, SSIM variant: skimage)")
     table = [{"model": "naive baseline (amplified short exposure)", "PSNR (dB)": teacher["test_baseline_psnr"],
@@ -59,9 +61,10 @@ def main(argv):
               for row in rows]
     print(format_table(table, ["model", "PSNR (dB)", "SSIM"]))
     print("\nfull-precision teacher against the naive baseline, per exposure ratio (test split):")
-    print(format_table(per_ratio(Path("results", "demo_fp", "test_results", "per_image.csv")),
+    print(format_table(per_ratio(teacher_config.run_dir / "test_results" / "per_image.csv"),
                        ["ratio", "pairs", "psnr", "baseline_psnr", "ssim", "baseline_ssim"]))
-    print(f"results: results/demo_fp, results/{demo_sweep.name}; ONNX: onnx/demo_w8a8")
+    print(f"results: {teacher_config.run_dir}, {sweep.sweep_results_dir(demo_sweep)}; "
+          f"ONNX: {teacher_config.artifacts_dir / 'demo_w8a8'}")
     print(f"demo finished in {(time.time() - started) / 60:.1f} min")
 
 

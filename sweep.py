@@ -168,7 +168,10 @@ def _flatten(overrides: dict, prefix: str = "") -> list[tuple[str, Any]]:
 def variant_config(sweep: SweepConfig, run: dict, results_dir: Path):
     """The run config of one variant (or variant and seed): `run` is an entry of expand / expand_runs."""
     assignments = _flatten(run["overrides"])
-    assignments += [("output.results_dir", str(results_dir)), ("output.experiment", run["name"])]
+    # Weights (<sweep>/<variant>.pth) and ONNX exports (into the variant's folder) stay with the sweep:
+    # variants of different sweeps share names, and one run never replaces another's weights.
+    assignments += [("output.results_dir", str(results_dir)), ("output.experiment", run["name"]),
+                    ("output.artifacts_dir", str(results_dir))]
     try:
         return load_config(sweep.base, assignments)
     except ConfigError as error:
