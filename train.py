@@ -362,6 +362,12 @@ def _run(config, resume, overwrite, ddp):
                                            scheduler, saver, log, best, speed)
         ddp.barrier()
         preemption.stop_if_requested(saver.latest(), ddp)
+    if config.schedule.epochs == 0 and checkpoint is None and main_process:
+        # No training: a quantized run is calibration-only PTQ; it is validated and saved as epoch 0
+        # so that the test report, sweep tables and export treat it like a trained run.
+        nothing = {"loss": math.nan, "task_loss": math.nan}
+        best = validate_and_checkpoint(config, 0, model, val_set, device, nothing, optimizer.param_groups[0]["lr"],
+                                       time.time(), optimizer, scheduler, saver, log, best, speed)
     if not main_process:
         return None
     log.close()

@@ -126,7 +126,9 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    epochs: int = Field(100, ge=1)
+    # 0: no training. A quantized run is then post-training quantization (calibration only) and is
+    # scored like any other, so a sweep variant `{schedule.epochs: 0}` puts PTQ beside QAT.
+    epochs: int = Field(100, ge=0)
     iters_per_epoch: Optional[int] = None  # null: one pass over the training pairs
     scheduler: Literal["constant", "cosine", "step"] = "constant"
     step_size: int = 30  # epochs, for scheduler: step
@@ -391,6 +393,9 @@ def check_named_files(config: Config, source: str) -> None:
         # Quantizing random weights wastes the run (the user lost weeks to it): demand intent.
         raise ConfigError(f"{source}: quant: true needs load_model (full-precision weights) or "
                           "load_quant_model; set allow_random_init: true to quantize random weights on purpose")
+    if config.schedule.epochs == 0 and not (config.quant or config.load_model):
+        raise ConfigError(f"{source}: schedule.epochs: 0 evaluates without training, which needs load_model "
+                          "(full-precision weights) or quant: true (post-training quantization); use epochs >= 1")
     if config.quant and config.quant_teacher and not config.load_teacher_model:
         raise ConfigError(f"{source}: quant_teacher: true needs load_teacher_model (the full-precision teacher)")
     if config.data.synthetic is None and not Path(config.data.root).is_dir():

@@ -34,6 +34,10 @@ def export_run(config, checkpoint_path, out_dir=None, height: Optional[int] = No
     return report
 
 
+def _db(value) -> str:
+    return value if isinstance(value, str) else f"{value:.1f}"
+
+
 def format_summary(report: dict, out_dir) -> str:
     lines = []
     for kind, info in report["models"].items():
@@ -42,7 +46,15 @@ def format_summary(report: dict, out_dir) -> str:
         if kind == "qdq":
             worst = min((v for run in runs for v in run["psnr_db"].values()),
                         key=lambda v: float("inf") if v == "inf" else v, default=None)
-            measure = f"min PSNR vs fake-quant PyTorch {worst} dB (target {checks.get('psnr_target_db')})"
+            measure = f"min PSNR vs fake-quant PyTorch {_db(worst)} dB (target {checks.get('psnr_target_db')}"
+            floor = checks.get("float_noise_floor_db", {})
+            lowered = {name: value for name, value in checks.get("effective_target_db", {}).items()
+                       if value != checks.get("psnr_target_db")}
+            if lowered:  # the model itself moves that much under float rounding (deploy.onnx_export.float_noise_db)
+                measure += ("; lowered to " + ", ".join(f"{name} {_db(value)}" for name, value in lowered.items()) +
+                            " by the model's own float noise floor (PyTorch against itself, convolutions summed in another order): " +
+                            ", ".join(f"{name} {_db(floor[name])}" for name in lowered))
+            measure += ")"
         else:
             worst = max((v for run in runs for v in run["max_abs_err"].values()), default=None)
             measure = f"max abs err vs PyTorch {worst:.2e}" if worst is not None else "not run"

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from core.files import write_bytes_atomic, write_text_atomic
 from deploy.quantizers import (ExportError, QuantSpec, describe, fake_quantizers, fold_weight, qdq_reference)
+from deploy.transposed_conv import transposed_convs_as_integer_convs
 
 INPUT_NAME = "raw"
 FP_OPSET = 17  # widely supported; everything the networks use exists there
@@ -41,6 +42,9 @@ MARKER_DOMAIN = "lowlight_export"
 SHAPE_RULE = "height and width must be multiples of 32 (the network downsamples 16x on packed input)"
 # QDQ may differ from a quantizer on exact rounding ties and x/s vs x*(1/s): a handful of elements.
 MISMATCH_LIMIT = 1e-3
+# How far below the model's own float noise floor (see float_noise_db) onnxruntime may land: 6 dB is
+# 4x the mean squared difference that summing in another order makes in PyTorch itself.
+FLOAT_NOISE_MARGIN_DB = 6.0
 FP_FILE, QDQ_FILE, REPORT_FILE = "model_fp32.onnx", "model_qdq.onnx", "export_report.json"
 
 
@@ -436,6 +440,35 @@ def first_divergence(model: onnx.ModelProto, reference: torch.nn.Module, specs: 
     return None
 
 
+def float_noise_db(reference: torch.nn.Module, x: torch.Tensor, expected: list) -> list[float]:
+    """Per output, the PSNR between the fake-quantized model and itself summed in another order: the
+    same float32 model in PyTorch with oneDNN off, so that its convolutions run PyTorch's other CPU
+    algorithm (im2col and GEMM). That is what any other runtime does (onnxruntime, another CPU, cuDNN).
+
+    A low-bit network can amplify such a difference: a value within a float rounding of a quantizer's
+    tie lands on the other side, and the 4-bit layers after it turn that one step into 1/15 of their
+    range, which spreads. The trained thesis model (W4A4 + 10-bit layers) moved by 31 dB on its mono
+    output between PyTorch's two convolution algorithms, on the very input where onnxruntime moved by
+    31 dB; no runtime can agree with PyTorch better than PyTorch agrees with itself. W8A8 models move
+    far less (the demo's trained one 44 dB, onnxruntime 43 dB; the tests' narrow one above 60 dB).
+    Where oneDNN is not PyTorch's CPU path the two runs are the same computation: the floor is then
+    infinite and changes nothing."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes on switching oneDNN about Intel GPUs it lacks
+        with torch.backends.mkldnn.flags(enabled=False):
+            other = [t.numpy() for t in _as_tuple(reference(x))]
+    return [psnr_db(e, o) for e, o in zip(expected, other)]
+
+
+def psnr_targets(noise_runs: list[dict], psnr_target: float) -> tuple[dict, dict]:
+    """(floor, target) per output from each check input's float_noise_db: the floor is the lowest over
+    all inputs (whether a rounding difference lands on a quantizer's tie is chance, so one input may
+    show none in PyTorch and one in onnxruntime), and the target is psnr_target unless the floor
+    minus FLOAT_NOISE_MARGIN_DB is lower."""
+    floor = {name: min(run[name] for run in noise_runs) for name in noise_runs[0]}
+    return floor, {name: min(psnr_target, value - FLOAT_NOISE_MARGIN_DB) for name, value in floor.items()}
+
+
 def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """PSNR with the reference output's own range as peak: random or untrained networks may output
     a range far from [0, 1], where a fixed peak of 1 would flatter or punish."""
@@ -594,36 +627,53 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
     # onnxruntime plans buffers by those names and fails ("Shape mismatch attempting to re-use
     # buffer") or reuses buffers wrongly on other input sizes. It infers shapes itself without them.
     del proto.graph.value_info[:]
+    as_integer_convs = transposed_convs_as_integer_convs(proto)
     if opset > TORCHSCRIPT_MAX_OPSET:
         _raise_opset(proto, opset)  # the full checker below validates the result
     _pin_static_output_dims(proto, reference_outputs, axes)
     stray = sorted({n.domain for n in proto.graph.node} - {"", "ai.onnx"})
     checks = {"checker": _checker(proto), "custom_domains": stray,
               "node_counts": dict(Counter(n.op_type for n in proto.graph.node
-                                          if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Clip", "Max", "Min")))}
+                                          if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Clip", "Max", "Min",
+                                                           "ConvTranspose"))),
+              "transposed_convs_as_integer_convs": as_integer_convs}
     passed = checks["checker"]["ok"] and not stray
     if check:
-        session, runs = _session(proto), []
+        session, runs, samples, scores, noise = _session(proto), [], [], [], []
         for batch, height, width in _check_shapes(example_hw):
             sample = example_input(kind, batch, height, width, seed=1)
             with torch.no_grad():
                 expected = [t.numpy() for t in _as_tuple(reference(sample))]
             got = session.run(None, {INPUT_NAME: sample.numpy()})
-            values = {n: psnr_db(e, g) for n, e, g in zip(output_names, expected, got)}
-            runs.append({"input_shape": list(sample.shape), "psnr_db": {k: _finite(v) for k, v in values.items()},
+            scores.append({n: psnr_db(e, g) for n, e, g in zip(output_names, expected, got)})
+            noise.append(dict(zip(output_names, float_noise_db(reference, sample, expected))))
+            samples.append(sample)
+            runs.append({"input_shape": list(sample.shape), "psnr_db": {k: _finite(v) for k, v in scores[-1].items()},
                          "max_abs_err": {n: float(np.abs(e - g).max()) for n, e, g in zip(output_names, expected, got)},
-                         "ok": all(v >= psnr_target for v in values.values())})
-            if not runs[-1]["ok"]:
-                runs[-1]["first_divergence"] = first_divergence(proto, reference, specs, sample)
+                         "float_noise_db": {k: _finite(v) for k, v in noise[-1].items()}})
+        floor, targets = psnr_targets(noise, psnr_target)
+        for run, values, sample in zip(runs, scores, samples):
+            run["ok"] = all(values[n] >= targets[n] for n in output_names)
+            if any(v < psnr_target for v in values.values()):
+                run["first_divergence"] = first_divergence(proto, reference, specs, sample)
         checks["onnxruntime"] = runs
         checks["psnr_target_db"] = psnr_target
+        checks["float_noise_floor_db"] = {n: _finite(v) for n, v in floor.items()}
+        checks["effective_target_db"] = {n: _finite(v) for n, v in targets.items()}
         checks["psnr_reference"] = "the fake-quantized PyTorch model (eval, observers off); peak = its output range"
+        checks["psnr_rule"] = (f"each output reaches psnr_target_db against PyTorch; a model whose own output moves "
+                               f"further when its convolutions are summed in another order (float_noise_floor_db: "
+                               f"PyTorch with oneDNN against PyTorch without) must come within "
+                               f"{FLOAT_NOISE_MARGIN_DB:g} dB of that floor instead")
         passed = passed and all(run["ok"] for run in runs)
     inputs, outputs = _io(proto)
     size = _save_model(proto, path)
     rows = {s.name: s.report() for s in specs}
     dtypes = Counter(s.dtype for s in specs if s.enabled)
     notes = [f"{count} quantizer(s) as {dtype}" for dtype, count in sorted(dtypes.items())]
+    if as_integer_convs:
+        notes.append(f"{len(as_integer_convs)} transposed convolution(s) written as a 1x1 Conv and an NHWC block "
+                     "shuffle (exact; onnxruntime has no integer ConvTranspose): see deploy/transposed_conv.py")
     if any(s.clip for s in specs if s.enabled):
         notes.append("ranges narrower than their ONNX type (e.g. 10 bits in uint16) are held by a float Clip to "
                      "(quant_min - zp) * scale .. (quant_max - zp) * scale just before QuantizeLinear")

@@ -60,11 +60,13 @@ def test_snpe_qat_exports_integer_convolutions(tmp_path):
     report = export_model(qmodel, tmp_path)
     assert report["passed"], report["models"]["qdq"]["checks"]
     ops = _executed_ops(tmp_path / QDQ_FILE, tmp_path)
-    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in build_model("dbf_dble", WIDTH).modules())
-    # Every 2-D convolution (52 in the blocks and heads, 4 in the channel attention) runs as an
-    # integer kernel; only the transposed convolutions stay float.
-    assert ops["QLinearConv"] == convolutions == 56
-    assert ops["Conv"] + ops["FusedConv"] == 0
+    layers = collections.Counter(type(m).__name__ for m in build_model("dbf_dble", WIDTH).modules())
+    # Every convolution runs as an integer kernel: 52 in the blocks and heads, 4 in the channel
+    # attention, and the 9 transposed convolutions (as a 1x1 convolution and a block shuffle).
+    assert layers["Conv2d"] == 56 and layers["ConvTranspose2d"] == 9
+    assert ops["QLinearConv"] == 65
+    assert ops["Conv"] + ops["FusedConv"] + ops["ConvTranspose"] == 0
+    assert len(report["models"]["qdq"]["checks"]["transposed_convs_as_integer_convs"]) == 9
     # Max pools run on the uint8 tensor (their quantizer is their input's), the channel attention's
     # sigmoid and product as integer kernels.
     producers = {o: n for n in onnx.load(str(tmp_path / "executed.onnx")).graph.node for o in n.output}

@@ -1,5 +1,6 @@
 """ptq.py: post-training quantization baselines of a float model, scored on the test split."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +37,27 @@ def test_ptq_baselines_are_scored_on_the_test_split(synthetic_sid_root, float_we
     ort_4bit = by_method["onnxruntime_ptq", "w4a4"]
     assert math.isfinite(ort_4bit["psnr"]) or "MaxPool" in ort_4bit["note"]
     assert (tmp_path / "results" / "tiny" / "ptq" / "ptq_summary.csv").is_file()
+
+
+def test_zero_epochs_is_calibration_only_ptq_scored_like_ptq_py(synthetic_sid_root, float_weights, tmp_path):
+    # A sweep variant {schedule.epochs: 0} is how a table puts PTQ beside QAT: train.py then only
+    # calibrates, validates and saves "epoch 0", and its test score is ptq.py's MQBench PTQ row.
+    import train
+    from core.config import load_config
+    config_path = write_run_config(tmp_path, synthetic_sid_root, model__width=0.125, quant=True,
+                                   load_model=str(float_weights), schedule__epochs=0,
+                                   quant_scheme={"backend": "snpe", "calibration_batches": 1})
+    summary = train.run(load_config(config_path))
+    assert summary["best_epoch"] == 0 and "epoch000" in Path(summary["checkpoint"]).name
+    rows = (tmp_path / "results" / "tiny" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("0,")
+    ptq_rows = ptq.main(["--config", str(config_path), "--skip-onnxruntime"])
+    mqbench = next(row for row in ptq_rows if row["method"].startswith("mqbench_ptq"))
+    assert summary["test_psnr"] == pytest.approx(mqbench["psnr"], abs=1e-4)
+
+
+def test_zero_epochs_without_weights_is_refused(synthetic_sid_root, tmp_path):
+    from core.config import ConfigError, load_config
+    config_path = write_run_config(tmp_path, synthetic_sid_root, schedule__epochs=0)
+    with pytest.raises(ConfigError, match="schedule.epochs: 0"):
+        load_config(config_path)
