@@ -2,8 +2,8 @@
 
 1. the full-precision teacher (configfile/ablation_teacher.yaml), skipped when already trained;
 2. the sweep configfile/sweep_ablation.yaml: full precision fine-tuned for the same steps (the fair
-   reference), W8A8, W4A4, W4A4 with the user's start/end special layers, and that plus distillation
-   at 0.1 and 0.7, each with seeds 0, 1, 2. Finished runs are skipped, so an interrupted ablation
+   reference), W8A8, W4A4, W4A4 with the user's start/end special layers, the same calibrated only
+   (PTQ), and that plus distillation at 0.1 and 0.7, each with seeds 0, 1, 2. Finished runs are skipped, so an interrupted ablation
    resumes where it stopped.
 The table printed at the end (mean ± std over seeds, per-ratio test PSNR, differences with 95%
 confidence intervals) is results/sweep_ablation/summary.md; the figures lie beside it.
@@ -30,7 +30,7 @@ def main(argv):
         print("=== 1/2 full-precision teacher (configfile/ablation_teacher.yaml)")
         train.run(teacher_config, overwrite=True)
 
-    print("\n=== 2/2 ablation sweep, 6 variants x 3 seeds (configfile/sweep_ablation.yaml)")
+    print("\n=== 2/2 ablation sweep, 7 variants x 3 seeds (configfile/sweep_ablation.yaml)")
     sweep.run_sweep(sweep.load_sweep("configfile/sweep_ablation.yaml"))
     print(f"ablation finished in {(time.time() - started) / 60:.1f} min")
 
