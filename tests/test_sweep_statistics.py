@@ -94,7 +94,7 @@ def test_two_seed_sweep_writes_means_std_and_exact_names(synthetic_sid_root, tmp
 
 
 
-def test_ablation_sweep_is_six_variants_times_three_seeds_with_the_users_special_layers(monkeypatch):
+def test_ablation_sweep_is_seven_variants_times_three_seeds_with_the_users_special_layers(monkeypatch):
     from core.config import load_config
     from sweep import _flatten, expand_runs
     from test_train import REPOSITORY_ROOT
@@ -102,15 +102,19 @@ def test_ablation_sweep_is_six_variants_times_three_seeds_with_the_users_special
     sweep = load_sweep("configfile/sweep_ablation.yaml")
     variants = expand(sweep)
     assert [v["name"] for v in variants] == ["fp_finetuned", "w8a8", "w4a4", "w4a4_start_end",
-                                             "w4a4_start_end_kd0.1", "w4a4_start_end_kd0.7"]
-    assert len(expand_runs(sweep, variants)) == 18
+                                             "w4a4_start_end_ptq", "w4a4_start_end_kd0.1", "w4a4_start_end_kd0.7"]
+    assert len(expand_runs(sweep, variants)) == 21
     users = load_config("configfile/seed_aba.yaml", check_files=False)
     configs = {v["name"]: load_config(sweep.base, _flatten(v["overrides"]), check_files=False) for v in variants}
     assert not configs["fp_finetuned"].quant
     assert configs["w8a8"].quant_scheme.weight.bits == configs["w8a8"].quant_scheme.activation.bits == 8
     assert configs["w4a4"].quant_scheme.weight.bits == 4 and configs["w4a4"].extra_quantizer_dict.special_layer == {}
-    for name in ("w4a4_start_end", "w4a4_start_end_kd0.1", "w4a4_start_end_kd0.7"):
+    for name in ("w4a4_start_end", "w4a4_start_end_ptq", "w4a4_start_end_kd0.1", "w4a4_start_end_kd0.7"):
         assert configs[name].extra_quantizer_dict.special_layer == users.extra_quantizer_dict.special_layer
+    # PTQ: the same quantization, calibrated only, read against its QAT.
+    ptq = configs.pop("w4a4_start_end_ptq")
+    assert ptq.schedule.epochs == 0 and ptq.quant and not ptq.quant_teacher
+    assert {v["name"]: v["reference"] for v in variants}["w4a4_start_end_ptq"] == "w4a4_start_end"
     assert configs["w4a4_start_end_kd0.7"].quant_teacher and configs["w4a4_start_end_kd0.7"].distill_coeff == [0.7, 0.7]
     assert not configs["w4a4_start_end"].quant_teacher
     steps = {(c.schedule.epochs, c.schedule.iters_per_epoch, c.batch_size, c.data.patch_size, c.optim.lr)
