@@ -5,11 +5,13 @@ layers; and onnxruntime's own static PTQ (`quantize_static`, QDQ, per channel) o
 
     python bench/onnx_latency.py [--size 512] [--runs 10] [--threads 2] [--width 1.0] [--weights PATH]
                                  [--backends academic onnx_qnn snpe tensorrt] [--out DIR] [--json PATH]
+                                 [--profile]
 
 It also tells how onnxruntime ran each QDQ graph: the graph it actually executes (saved with
 SessionOptions.optimized_model_filepath) is read back and its convolutions counted as fused integer
 kernels (QLinearConv and friends) or float Conv fed by DequantizeLinear. Weights are random unless
 --weights names full-precision weights; latency does not depend on them, the fusion decisions neither.
+--profile adds, per model, where the time goes: onnxruntime's profiler, kernel time per op type.
 """
 import argparse
 import json
@@ -87,6 +89,29 @@ def latencies(paths, size, runs, threads):
     return [(statistics.median(kept), min(kept)) for kept in times]
 
 
+def kernel_time_by_op(path, size, threads, folder, runs=3) -> dict:
+    """Milliseconds of kernel time per op type per run, from onnxruntime's own profiler."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(folder) / f"profile_{Path(path).stem}")
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
+    sess.run(None, {"raw": x})  # the first run allocates and picks kernels: not part of the picture
+    for _ in range(runs):
+        sess.run(None, {"raw": x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    first_run = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"], default=None)
+    skip = first_run["ts"] + first_run["dur"] if first_run else 0
+    totals = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= skip:
+            totals[event["args"]["op_name"]] += event["dur"]
+    return {op: microseconds / runs / 1000 for op, microseconds in totals.most_common()}
+
+
 def executed_graph(path, threads, folder):
     """Op counts of the graph onnxruntime runs after its optimizations."""
     optimized = Path(folder) / f"{Path(path).stem}.optimized.onnx"
@@ -121,6 +146,7 @@ def main(argv=None):
                         help="quant_scheme.backend values to export (W8A8)")
     parser.add_argument("--out", help="keep the exported models here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--profile", action="store_true", help="also print kernel time per op type per model")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -156,6 +182,8 @@ def main(argv=None):
                          "integer_convs": integer_convs(ops),
                          "execution": describe_execution(ops) if label != "fp32" else "float",
                          "executed_ops": dict(ops)})
+            if args.profile:
+                rows[-1]["kernel_ms_by_op"] = kernel_time_by_op(path, args.size, args.threads, scratch)
     fp32_ms = rows[0]["median_ms"]
     print(f"onnxruntime {ort.__version__} CPU, {args.threads} threads, 1x1x{args.size}x{args.size}, "
           f"width {args.width}, median of {args.runs} interleaved runs")
@@ -163,6 +191,12 @@ def main(argv=None):
     for row in rows:
         print(f"{row['model']:46s} {row['file_mb']:7.2f} {row['median_ms']:10.1f} {row['min_ms']:8.1f} "
               f"{fp32_ms / row['median_ms']:7.2f}x  {row['execution']}")
+    if args.profile:
+        print("\nkernel time per run by op type (onnxruntime profiler; the rest of a run is scheduling and memory):")
+        for row in rows:
+            profile = row["kernel_ms_by_op"]
+            top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(profile.items())[:6])
+            print(f"  {row['model']:46s} {sum(profile.values()):7.1f} ms: {top}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows
