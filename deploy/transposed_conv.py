@@ -21,10 +21,11 @@ same products. Only the order in which a kernel adds them in float may differ, w
 value lying on a rounding tie by one quantization step (none in the DBF/DBLE exports measured);
 the export's own onnxruntime-against-PyTorch check runs on the rewritten graph.
 
-Only layers that then become integer kernels are rewritten: input and weight dequantized, output
-quantized per tensor in the standard QuantizeLinear form. A float upsampling (full-precision
-export, Academic placement without output quantizers, 10-bit or sub-range quantizers written as
-Mul -> Clip -> QuantizeLinear) gains nothing and keeps its ConvTranspose.
+Only layers that then become integer kernels are rewritten: input and weights dequantized from
+8-bit integers, output quantized per tensor to 8 bits in the standard QuantizeLinear form. A float
+upsampling (full-precision export, Academic placement without output quantizers, 10-bit weights,
+10-bit or sub-range quantizers written as Mul -> Clip -> QuantizeLinear) would gain nothing and
+keeps its ConvTranspose.
 """
 from __future__ import annotations
 
@@ -86,11 +87,17 @@ class _Graph:
         return name
 
 
-def _per_tensor_quantize(graph: _Graph, node: Optional[onnx.NodeProto]) -> bool:
-    if node is None or node.op_type != "QuantizeLinear":
+EIGHT_BIT = (np.int8, np.uint8)  # the types onnxruntime's QLinearConv takes
+
+
+def _eight_bit_pair(graph: _Graph, node: Optional[onnx.NodeProto], op_type: str, per_tensor: bool) -> bool:
+    """node is a QuantizeLinear/DequantizeLinear of an 8-bit type (per tensor where asked)."""
+    if node is None or node.op_type != op_type or len(node.input) < 3:
         return False
-    scale = graph.constant(node.input[1])
-    return scale is not None and scale.size == 1
+    scale, zero_point = graph.constant(node.input[1]), graph.constant(node.input[2])
+    if scale is None or zero_point is None or zero_point.dtype not in EIGHT_BIT:
+        return False
+    return scale.size == 1 or not per_tensor
 
 
 def _block_shuffle(graph: _Graph, source: str, target: str, prefix: str, kh: int, kw: int,
@@ -132,8 +139,9 @@ def transposed_convs_as_integer_convs(model: onnx.ModelProto) -> list[str]:
         source = graph.producer.get(node.input[0])
         weight_dq = graph.producer.get(node.input[1])
         quantize = graph.sole_consumer(node.output[0])
-        if (kernel is None or source is None or source.op_type != "DequantizeLinear" or weight_dq is None
-                or weight_dq.op_type != "DequantizeLinear" or not _per_tensor_quantize(graph, quantize)):
+        if (kernel is None or not _eight_bit_pair(graph, source, "DequantizeLinear", per_tensor=True)
+                or not _eight_bit_pair(graph, weight_dq, "DequantizeLinear", per_tensor=False)
+                or not _eight_bit_pair(graph, quantize, "QuantizeLinear", per_tensor=True)):
             continue
         integers, scale, zero_point = (graph.constant(name) for name in weight_dq.input[:3])
         axis = _attributes(weight_dq).get("axis", 1)
@@ -151,12 +159,11 @@ def transposed_convs_as_integer_convs(model: onnx.ModelProto) -> list[str]:
                            integers.transpose(2, 3, 1, 0).reshape(blocks * out_channels, in_channels, 1, 1))
         if scale.size > 1:
             scale_name = graph.add(f"{prefix}.weight_scale", np.tile(scale, blocks))
-            zero_name = (graph.add(f"{prefix}.weight_zero_point", np.tile(zero_point, blocks))
-                         if zero_point is not None else "")
+            zero_name = graph.add(f"{prefix}.weight_zero_point", np.tile(zero_point, blocks))
             axis_attribute = {"axis": 0}
         else:
-            scale_name, zero_name, axis_attribute = weight_dq.input[1], (weight_dq.input[2:3] or [""])[0], {}
-        dq_inputs = [weight, scale_name] + ([zero_name] if zero_name else [])
+            scale_name, zero_name, axis_attribute = weight_dq.input[1], weight_dq.input[2], {}
+        dq_inputs = [weight, scale_name, zero_name]
         conv_inputs = [node.input[0], f"{prefix}/weight"]
         if bias is not None:
             conv_inputs.append(graph.add(f"{prefix}.bias", np.tile(bias, blocks)))

@@ -100,3 +100,16 @@ def test_layers_that_would_not_become_integer_kernels_are_left_alone(change):
     before = model.SerializeToString()
     assert transposed_convs_as_integer_convs(model) == []
     assert model.SerializeToString() == before
+
+
+def test_ten_bit_weights_keep_the_transposed_convolution():
+    # QLinearConv takes 8-bit weights only: a 10-bit special layer would stay a float convolution,
+    # so the rewrite would only add a shuffle.
+    model = _graph()
+    weights = next(i for i in model.graph.initializer if i.name == "w_int8")
+    zero = next(i for i in model.graph.initializer if i.name == "w_zero")
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights).astype(np.int16) * 4, "w_int8"))
+    zero.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zero).astype(np.int16), "w_zero"))
+    before = model.SerializeToString()
+    assert transposed_convs_as_integer_convs(model) == []
+    assert model.SerializeToString() == before
