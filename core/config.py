@@ -178,7 +178,7 @@ class DistillConfig(Section):
 
 
 class OnnxExportConfig(Section):
-    opset: Optional[int] = None  # null: 17, or 21 when a quantizer is wider than 8 bits (int16 QDQ)
+    opset: Optional[int] = None  # null: 17, or 21 when a quantizer is wider than 8 bits or a weight 4-bit
     height: int = 64
     width: int = 64
 

@@ -30,7 +30,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from core.files import write_bytes_atomic, write_text_atomic
-from deploy.quantizers import (ExportError, QuantSpec, describe, fake_quantizers, fold_weight, qdq_reference)
+from deploy.quantizers import (ExportError, QuantSpec, _onnx_type, describe, fake_quantizers, fold_weight,
+                               qdq_reference)
 from deploy.transposed_conv import transposed_convs_as_integer_convs
 
 INPUT_NAME = "raw"
@@ -534,9 +535,19 @@ def describe_quantizers(qmodel: torch.nn.Module, example_hw=(64, 64), input_kind
     return [describe(name, fq) for name, fq in fake_quantizers(_frozen_quantized_copy(qmodel, x))]
 
 
+def _opset_21_type(spec: QuantSpec) -> bool:
+    return spec.enabled and (spec.dtype.endswith("16") or spec.dtype.endswith("int4"))
+
+
 def required_opset(specs: list[QuantSpec]) -> int:
-    wide = [s for s in specs if s.enabled and s.dtype.endswith("16")]
-    return QDQ_OPSET_16BIT if wide else QDQ_OPSET_8BIT
+    return QDQ_OPSET_16BIT if any(_opset_21_type(s) for s in specs) else QDQ_OPSET_8BIT
+
+
+def _store_4_bit_weights_as_8_bit(specs: list[QuantSpec]) -> None:
+    """For an opset chosen below 21: 4-bit weights go back to int8/uint8 (same values, twice the bytes)."""
+    for spec in specs:
+        if spec.enabled and spec.dtype.endswith("int4"):
+            spec.dtype, spec.offset, _ = _onnx_type(spec.name, spec.cls, spec.quant_min, spec.quant_max)
 
 
 def _observe(reference, quantizers, specs: list[QuantSpec], x: torch.Tensor):
@@ -585,12 +596,14 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
     if not quantizers:
         raise ExportError("the model has no fake quantizers; export it with export_full_precision")
     specs = [describe(name, fq) for name, fq in quantizers]
+    if opset is not None and opset < QDQ_OPSET_16BIT:
+        _store_4_bit_weights_as_8_bit(specs)
     needed = required_opset(specs)
     opset = opset or needed
     if opset < 13:
         raise ValueError(f"opset {opset}: QDQ export needs opset 13 or later (per-channel DequantizeLinear)")
     if opset < needed:
-        wide = next(s for s in specs if s.enabled and s.dtype.endswith("16"))
+        wide = next(s for s in specs if _opset_21_type(s))
         raise ExportError(f"{wide.name} ({wide.cls}): {wide.bits}-bit range needs {wide.dtype} QuantizeLinear/"
                           f"DequantizeLinear, which exist from opset {QDQ_OPSET_16BIT}; asked for opset {opset}")
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import ml_dtypes  # numpy's int4/uint4 (the package onnx itself uses for them)
 import numpy as np
 import torch
 from torch.ao.quantization import FakeQuantize, FakeQuantizeBase
@@ -25,7 +26,12 @@ class ExportError(ValueError):
 # (name, lowest, highest, bits): the order is the preference when a range fits several types.
 _ONNX_TYPES = (("uint8", 0, 255, 8), ("int8", -128, 127, 8),
                ("uint16", 0, 65535, 16), ("int16", -32768, 32767, 16))
-NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16}
+# Weights of at most 4 bits are stored in ONNX's 4-bit types (opset 21): half the bytes of int8, and
+# onnxruntime dequantizes them like any other. Activations stay 8-bit: onnxruntime has no 4-bit
+# kernels for what follows a QuantizeLinear (MaxPool, Concat, ...).
+_WEIGHT_4BIT_TYPES = (("uint4", 0, 15, 4), ("int4", -8, 7, 4))
+NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16,
+               "uint4": ml_dtypes.uint4, "int4": ml_dtypes.int4}
 
 
 def _mqbench_classes():
@@ -118,13 +124,14 @@ class QuantSpec:
         return row
 
 
-def _onnx_type(name: str, cls: str, quant_min: int, quant_max: int) -> tuple[str, int, bool]:
-    """(type, offset, clip) for an integer range: the smallest ONNX type that holds it, signed when
-    the range is; a range that fits no type as it is gets shifted (q - offset, zp - offset), which
-    leaves (q - zp) * scale unchanged."""
+def _onnx_type(name: str, cls: str, quant_min: int, quant_max: int, weight: bool = False) -> tuple[str, int, bool]:
+    """(type, offset, clip) for an integer range: the smallest ONNX type that holds it (4-bit types
+    for weights only), signed when the range is; a range that fits no type as it is gets shifted
+    (q - offset, zp - offset), which leaves (q - zp) * scale unchanged."""
     levels = quant_max - quant_min + 1
     prefer_signed = quant_min < 0
-    for type_name, low, high, _ in sorted(_ONNX_TYPES, key=lambda t: (t[3], (t[1] < 0) != prefer_signed)):
+    types = _ONNX_TYPES + (_WEIGHT_4BIT_TYPES if weight else ())
+    for type_name, low, high, _ in sorted(types, key=lambda t: (t[3], (t[1] < 0) != prefer_signed)):
         if high - low + 1 < levels:
             continue
         offset = 0 if low <= quant_min and quant_max <= high else quant_min - low
@@ -206,7 +213,7 @@ def describe(name: str, fq) -> QuantSpec:
         # One channel (or an uncalibrated per-channel quantizer): a per-tensor pair is the same thing.
         spec.scale = np.asarray(scale[0].item(), dtype=np.float32)
         spec.zero_point = np.asarray(int(zero_point[0].item()), dtype=np.int64)
-    spec.dtype, spec.offset, spec.clip = _onnx_type(name, cls, quant_min, quant_max)
+    spec.dtype, spec.offset, spec.clip = _onnx_type(name, cls, quant_min, quant_max, weight=role == "weight")
     if role == "weight":
         spec.clip = False  # weights are stored as integers already inside [quant_min, quant_max]
     return spec

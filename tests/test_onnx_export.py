@@ -212,6 +212,37 @@ def test_integer_type_for_each_range(low, high, expected):
     assert _onnx_type("q", "Q", low, high) == expected
 
 
+@pytest.mark.parametrize("low, high, expected", [
+    (-8, 7, ("int4", 0, False)), (0, 15, ("uint4", 0, False)), (-7, 7, ("int4", 0, True)),
+    (-128, 127, ("int8", 0, False)),
+])
+def test_weights_of_4_bits_or_fewer_get_4_bit_types(low, high, expected):
+    assert _onnx_type("w", "Q", low, high, weight=True) == expected
+
+
+def test_4_bit_weights_are_stored_in_half_the_bytes_with_the_same_outputs(tmp_path):
+    # W4A4: weights as int4 (opset 21), activations still 8-bit types; asking for opset 17 stores
+    # the same integers as int8. onnxruntime must give identical outputs from both files.
+    scheme = {**SCHEME_8BIT, "weight": {**SCHEME_8BIT["weight"], "bits": 4},
+              "activation": {**SCHEME_8BIT["activation"], "bits": 4}}
+    qmodel = _quantized_model(scheme, qat_steps=1)
+    packed = export_qdq(qmodel, tmp_path / "int4.onnx")
+    wide = export_qdq(qmodel, tmp_path / "int8.onnx", opset=17)
+    assert packed.passed and wide.passed and (packed.opset, wide.opset) == (21, 17)
+    four_bit = {n for n, r in packed.quantizers.items() if r["role"] == "weight" and r["bits"] == 4}
+    assert len(four_bit) > 40
+    assert {packed.quantizers[n]["dtype"] for n in four_bit} == {"int4"}
+    assert {wide.quantizers[n]["dtype"] for n in four_bit} == {"int8"}
+    assert {r["dtype"] for r in packed.quantizers.values() if r["role"] == "activation" and r["enabled"]} <= {"uint8", "int8"}
+    weight_types = {i.data_type for i in onnx.load(str(tmp_path / "int4.onnx")).graph.initializer if len(i.dims) == 4}
+    assert TensorProto.INT4 in weight_types
+    assert packed.file_bytes < 0.6 * wide.file_bytes
+    x = _inputs(2, 96, 128, seed=5).numpy()
+    for a, b in zip(_session(tmp_path / "int4.onnx").run(None, {"raw": x}),
+                    _session(tmp_path / "int8.onnx").run(None, {"raw": x})):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_more_than_16_bits_is_refused():
     with pytest.raises(ExportError, match="more than 16 bits"):
         _onnx_type("q", "Q", 0, 2 ** 17 - 1)
