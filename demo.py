@@ -60,11 +60,12 @@ def main(argv):
              {"model": "full precision (teacher)", "PSNR (dB)": teacher["test_psnr"], "SSIM": teacher["test_ssim"]}]
     labels = {"ptq": "W8A8 PTQ (calibration only)", "qat": "W8A8 QAT",
               "qat_distill0.1": "W8A8 QAT + distillation 0.1"}
-    for row in sorted(rows, key=lambda row: list(labels).index(row["variant"]) if row["variant"] in labels else 9):
-        gain = ""
+    by_variant = {row["variant"]: row for row in rows}
+    for variant, label in labels.items():
+        row, gain = by_variant[variant], ""
         if row["variant"] != "ptq" and "d_test_psnr" in row:  # paired per test image against PTQ
             gain = f"{row['d_test_psnr']:+.2f} [{row['d_test_psnr_ci_low']:+.2f}, {row['d_test_psnr_ci_high']:+.2f}]"
-        table.append({"model": labels.get(row["variant"], row["variant"]), "PSNR (dB)": row["test_psnr"],
+        table.append({"model": label, "PSNR (dB)": row["test_psnr"],
                       "SSIM": row["test_ssim"], "vs PTQ (dB, 95% CI)": gain})
     print(format_table(table, ["model", "PSNR (dB)", "SSIM", "vs PTQ (dB, 95% CI)"]))
     print("\nfull-precision teacher against the naive baseline, per exposure ratio (test split):")

@@ -61,7 +61,7 @@ def quantized(model, special, backend="academic"):
     return qmodel.eval()
 
 
-def session(path, threads, optimized_path=None):
+def session(path, threads, optimized_path=None, profile_prefix=None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -69,6 +69,9 @@ def session(path, threads, optimized_path=None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if optimized_path:
         options.optimized_model_filepath = str(optimized_path)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -91,13 +94,7 @@ def latencies(paths, size, runs, threads):
 
 def kernel_time_by_op(path, size, threads, folder, runs=3) -> dict:
     """Milliseconds of kernel time per op type per run, from onnxruntime's own profiler."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(folder) / f"profile_{Path(path).stem}")
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sess = session(path, threads, profile_prefix=Path(folder) / f"profile_{Path(path).stem}")
     x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
     sess.run(None, {"raw": x})  # the first run allocates and picks kernels: not part of the picture
     for _ in range(runs):

@@ -30,14 +30,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from core.files import write_bytes_atomic, write_text_atomic
-from deploy.quantizers import (ExportError, QuantSpec, _onnx_type, describe, fake_quantizers, fold_weight,
-                               qdq_reference)
+from deploy.quantizers import (ExportError, QuantSpec, describe, fake_quantizers, fold_weight, qdq_reference)
 from deploy.transposed_conv import transposed_convs_as_integer_convs
 
 INPUT_NAME = "raw"
 FP_OPSET = 17  # widely supported; everything the networks use exists there
 QDQ_OPSET_8BIT = 17  # per-channel QDQ needs >= 13
-QDQ_OPSET_16BIT = 21  # first opset whose QuantizeLinear/DequantizeLinear take int16/uint16
+QDQ_OPSET_16BIT = 21  # first opset whose QuantizeLinear/DequantizeLinear take int16/uint16 (and int4/uint4)
 TORCHSCRIPT_MAX_OPSET = 20
 MARKER_DOMAIN = "lowlight_export"
 SHAPE_RULE = "height and width must be multiples of 32 (the network downsamples 16x on packed input)"
@@ -543,13 +542,6 @@ def required_opset(specs: list[QuantSpec]) -> int:
     return QDQ_OPSET_16BIT if any(_opset_21_type(s) for s in specs) else QDQ_OPSET_8BIT
 
 
-def _store_4_bit_weights_as_8_bit(specs: list[QuantSpec]) -> None:
-    """For an opset chosen below 21: 4-bit weights go back to int8/uint8 (same values, twice the bytes)."""
-    for spec in specs:
-        if spec.enabled and spec.dtype.endswith("int4"):
-            spec.dtype, spec.offset, _ = _onnx_type(spec.name, spec.cls, spec.quant_min, spec.quant_max)
-
-
 def _observe(reference, quantizers, specs: list[QuantSpec], x: torch.Tensor):
     """One forward of the frozen model: its outputs, every fake-quantized weight, and per activation
     quantizer (in `spec.mismatch`) the fraction of elements where a QDQ pair with its scale and zero
@@ -595,9 +587,9 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
     quantizers = fake_quantizers(reference)
     if not quantizers:
         raise ExportError("the model has no fake quantizers; export it with export_full_precision")
-    specs = [describe(name, fq) for name, fq in quantizers]
-    if opset is not None and opset < QDQ_OPSET_16BIT:
-        _store_4_bit_weights_as_8_bit(specs)
+    # 4-bit weight types exist from opset 21; an explicitly lower opset stores them as 8-bit.
+    four_bit_weights = opset is None or opset >= QDQ_OPSET_16BIT
+    specs = [describe(name, fq, four_bit_weights) for name, fq in quantizers]
     needed = required_opset(specs)
     opset = opset or needed
     if opset < 13:
@@ -652,20 +644,20 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
               "transposed_convs_as_integer_convs": as_integer_convs}
     passed = checks["checker"]["ok"] and not stray
     if check:
-        session, runs, samples, scores, noise = _session(proto), [], [], [], []
+        session, runs, measured = _session(proto), [], []  # measured: (input, PSNR, float noise) per run
         for batch, height, width in _check_shapes(example_hw):
             sample = example_input(kind, batch, height, width, seed=1)
             with torch.no_grad():
                 expected = [t.numpy() for t in _as_tuple(reference(sample))]
             got = session.run(None, {INPUT_NAME: sample.numpy()})
-            scores.append({n: psnr_db(e, g) for n, e, g in zip(output_names, expected, got)})
-            noise.append(dict(zip(output_names, float_noise_db(reference, sample, expected))))
-            samples.append(sample)
-            runs.append({"input_shape": list(sample.shape), "psnr_db": {k: _finite(v) for k, v in scores[-1].items()},
+            values = {n: psnr_db(e, g) for n, e, g in zip(output_names, expected, got)}
+            noise = dict(zip(output_names, float_noise_db(reference, sample, expected)))
+            measured.append((sample, values, noise))
+            runs.append({"input_shape": list(sample.shape), "psnr_db": {k: _finite(v) for k, v in values.items()},
                          "max_abs_err": {n: float(np.abs(e - g).max()) for n, e, g in zip(output_names, expected, got)},
-                         "float_noise_db": {k: _finite(v) for k, v in noise[-1].items()}})
-        floor, targets = psnr_targets(noise, psnr_target)
-        for run, values, sample in zip(runs, scores, samples):
+                         "float_noise_db": {k: _finite(v) for k, v in noise.items()}})
+        floor, targets = psnr_targets([noise for _, _, noise in measured], psnr_target)
+        for run, (sample, values, _) in zip(runs, measured):
             run["ok"] = all(values[n] >= targets[n] for n in output_names)
             if any(v < psnr_target for v in values.values()):
                 run["first_divergence"] = first_divergence(proto, reference, specs, sample)

@@ -181,8 +181,9 @@ def _check_activation_class(name: str, fq, kinds) -> None:
                           "quantizer class")
 
 
-def describe(name: str, fq) -> QuantSpec:
-    """The QDQ description of one fake quantizer, or ExportError when none is faithful."""
+def describe(name: str, fq, four_bit_weights: bool = True) -> QuantSpec:
+    """The QDQ description of one fake quantizer, or ExportError when none is faithful.
+    four_bit_weights False (an opset below 21) stores weights of <= 4 bits as int8/uint8."""
     kinds = _mqbench_classes()
     cls = type(fq).__name__
     role = "weight" if is_weight_quantizer(name) else "activation"
@@ -213,7 +214,8 @@ def describe(name: str, fq) -> QuantSpec:
         # One channel (or an uncalibrated per-channel quantizer): a per-tensor pair is the same thing.
         spec.scale = np.asarray(scale[0].item(), dtype=np.float32)
         spec.zero_point = np.asarray(int(zero_point[0].item()), dtype=np.int64)
-    spec.dtype, spec.offset, spec.clip = _onnx_type(name, cls, quant_min, quant_max, weight=role == "weight")
+    spec.dtype, spec.offset, spec.clip = _onnx_type(name, cls, quant_min, quant_max,
+                                                    weight=role == "weight" and four_bit_weights)
     if role == "weight":
         spec.clip = False  # weights are stored as integers already inside [quant_min, quant_max]
     return spec

@@ -19,10 +19,7 @@ from data.sony_a7s import (
     noisy_raw,
 )
 from data.synthetic import MANIFEST_NAME, PROCEDURAL_SOURCE, render_scene, scene_source, write_dng
-
-
-def psnr(prediction: np.ndarray, target: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean((np.asarray(prediction, np.float64) - target) ** 2)))
+from test_data import psnr
 
 
 def test_long_exposure_develops_to_the_clean_scene_under_the_sony_matrix(synthetic_sid_root):

@@ -1,8 +1,6 @@
 """The QDQ export's rewrite of transposed convolutions into integer 1x1 convolutions plus a block
 shuffle (deploy/transposed_conv.py): the same values in onnxruntime, run as QLinearConv, and applied
 only where it makes an integer kernel. Small graphs written with onnx.helper, run by onnxruntime."""
-import collections
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -10,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy.transposed_conv import transposed_convs_as_integer_convs
+from test_deploy_backend import _executed_ops
 
 IN_CHANNELS, OUT_CHANNELS = 6, 5
 
@@ -62,14 +61,6 @@ def _run(model, x, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
         None, {"x": x})[0]
 
 
-def _executed_ops(model, tmp_path):
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "executed.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "executed.onnx")).graph.node)
-
-
 @pytest.mark.parametrize("kernel,per_channel,bias", [((2, 2), True, True), ((2, 2), False, False),
                                                      ((2, 3), True, False), ((3, 3), False, True)])
 def test_rewrite_keeps_values_and_runs_as_integer_convolution(kernel, per_channel, bias, tmp_path):
@@ -88,7 +79,8 @@ def test_rewrite_keeps_values_and_runs_as_integer_convolution(kernel, per_channe
             # order by another kernel, may land one quantization step away.
             difference = np.abs(got - expected)
             assert difference.max() <= step * 1.001 and np.mean(difference > 0) <= 1e-3
-    ops = _executed_ops(rewritten, tmp_path)
+    onnx.save(rewritten, str(tmp_path / "rewritten.onnx"))
+    ops = _executed_ops(tmp_path / "rewritten.onnx", tmp_path)
     assert ops["QLinearConv"] == 1 and ops["ConvTranspose"] == 0
 
 
