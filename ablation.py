@@ -12,8 +12,8 @@ import json
 import sys
 import time
 
-from core.config import load_config
-from core.runner import run_entry_point
+from harness.config import load_config
+from harness.runner import run_entry_point
 
 
 def main(argv):

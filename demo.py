@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import load_config
-from core.records import format_table
-from core.runner import run_entry_point
+from harness.config import load_config
+from harness.records import format_table
+from harness.runner import run_entry_point
 
 
 def per_ratio(per_image_csv):
@@ -35,7 +35,7 @@ def main(argv):
     started = time.time()
     import sweep
     import train
-    from core.export import export_run
+    from harness.export_run import export_run
 
     print("=== 1/3 full-precision teacher (configfile/demo_fp.yaml)")
     teacher_config = load_config("configfile/demo_fp.yaml")

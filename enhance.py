@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import core.runner
-from core.files import write_bytes_atomic
-from core.runner import run_entry_point
+import harness.runner
+from helpers.files import write_bytes_atomic
+from harness.runner import run_entry_point
 from deploy.onnx_network import OnnxNetwork
 from data.raw_cache import RawInfo, _decode_mosaic, open_raw
 from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
@@ -78,10 +78,10 @@ def load_model(args, device):
         if not Path(args.onnx).is_file():
             raise FileNotFoundError(f"--onnx: model not found: {args.onnx}")
         return OnnxNetwork(args.onnx, args.threads)
-    from core.checkpoint_eval import load_network
-    from core.config import Config, load_config
+    from harness.evaluate_run import load_network
+    from harness.config import Config, load_config
     config = load_config(args.config, args.set, check_files=False) if args.config else Config()
-    core.runner.post_mortem = config.pdb_debug
+    harness.runner.post_mortem = config.pdb_debug
     model = load_network(config, args.checkpoint, device)
     model.input_kind = getattr(model, "input_kind", None) or _input_kind(config)
     return model
@@ -94,7 +94,7 @@ def _input_kind(config):
 
 def enhance(model, network_input: torch.Tensor, device, tile_size=None, overlap=64) -> np.ndarray:
     """RGB float32 HxWx3 in [0, 1]: what test.py scores for this input."""
-    from core.evaluate import predict
+    from harness.evaluate import predict
     from models import split_outputs
     # An ONNX graph has no modules to hook: each tile averages over itself in the channel attention.
     passes = 0 if isinstance(model, OnnxNetwork) else None

@@ -20,7 +20,7 @@ re-run, and an interrupted one resumes from its latest checkpoint, so a killed s
 it stopped. The sweep ends with summary.csv, summary.md and figures in results/<sweep>/: per
 variant the mean +- std over seeds of validation and test PSNR/SSIM, test PSNR per exposure ratio,
 and the difference to the reference with its confidence interval (the statistic is described in
-core/sweep_summary.py) and whether that interval excludes 0.
+sweeps/summary.py) and whether that interval excludes 0.
 """
 import argparse
 import difflib
@@ -35,14 +35,14 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core import slurm
-from core.config import ConfigError, apply_override, load_with_bases, load_config
-from core.files import write_csv_atomic, write_text_atomic
-from core.names import validation_error_line
-from core.records import format_table
-from core.runner import run_entry_point
-from core.sweep_plots import SWEEP_FIGURES, plot_sweep
-from core.sweep_summary import distinguishable, paired_difference, read_run, variant_row
+from sweeps import slurm
+from harness.config import ConfigError, apply_override, load_with_bases, load_config
+from helpers.files import write_csv_atomic, write_text_atomic
+from helpers.names import validation_error_line
+from harness.records import format_table
+from harness.runner import run_entry_point
+from sweeps.plots import SWEEP_FIGURES, plot_sweep
+from sweeps.summary import distinguishable, paired_difference, read_run, variant_row
 from quant.cost import sweep_cost_columns
 
 
@@ -279,7 +279,7 @@ def _markdown(sweep: SweepConfig, rows: list[dict]) -> str:
     variant = rows[0]["ssim_variant"] if rows else "-"
     seeds = f"seeds {sweep.seeds}, values are mean ± std over seeds" if sweep.seeds else "one run per variant"
     note = ("\n\nΔ: mean paired difference to the reference on the test images (same images, same seed), "
-            "95% CI as described in core/sweep_summary.py; distinguishable = the CI excludes 0."
+            "95% CI as described in sweeps/summary.py; distinguishable = the CI excludes 0."
             if any("reference" in r for r in rows) else "")
     return (f"# Sweep {sweep.name}\n\nBase: `{sweep.base}`; {seeds}; sorted by best validation PSNR "
             f"(best_val_psnr). Metric: {mode} images, SSIM variant: {variant}.{note}\n\n" + "\n".join(lines) + "\n")

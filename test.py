@@ -14,8 +14,8 @@ Without --checkpoint it takes the run's best checkpoint (then its latest, then l
 import argparse
 import sys
 
-from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint, evaluation_folder
-from core.runner import load_entry_config, run_entry_point
+from harness.evaluate_run import default_checkpoint, evaluate_checkpoint, evaluation_folder
+from harness.runner import load_entry_config, run_entry_point
 
 
 def main(argv=None):

@@ -17,20 +17,20 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from core import distributed, preemption
-from core.checkpoint import CheckpointSaver, restore_training, training_payload
-from core.config import ConfigError, dump_config
-from core.divergence import DivergenceGuard
-from core.evaluate import evaluate
-from core.files import (check_writable, remove_folder, remove_stale_temporaries, safetensors_metadata,
+from harness import distributed, preemption
+from checkpoints.training import CheckpointSaver, restore_training, training_payload
+from harness.config import ConfigError, dump_config
+from harness.divergence import DivergenceGuard
+from harness.evaluate import evaluate
+from helpers.files import (check_writable, remove_folder, remove_stale_temporaries, safetensors_metadata,
                         save_safetensors_atomic, torch_save_atomic, write_csv_atomic, write_text_atomic)
-from core.loss import task_loss
-from core.records import MetricsLog
-from core.runner import load_entry_config, run_entry_point
-from core.safe_load import load_torch_file
-from core.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, ensure_data,
+from harness.loss import task_loss
+from harness.records import MetricsLog
+from harness.runner import load_entry_config, run_entry_point
+from checkpoints.safe_load import load_torch_file
+from harness.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, ensure_data,
                         resolve_device)
-from core.speed import Speed
+from harness.speed import Speed
 from models import input_kind as model_input_kind
 
 
@@ -234,7 +234,7 @@ def finish(config, saver, best, device, weights_path):
     """Weights for quantized runs, then the test-split report next to the naive baseline, summary.json
     and (onnx: true) the ONNX export. Weights and a summary are written before the test evaluation, so
     a failure there loses neither."""
-    from core.checkpoint_eval import evaluate_checkpoint
+    from harness.evaluate_run import evaluate_checkpoint
     best_psnr, best_epoch = best
     checkpoint = saver.best() or saver.latest()
     summary = {"experiment": config.experiment, "best_epoch": best_epoch, "best_val_psnr": best_psnr,
@@ -256,7 +256,7 @@ def finish(config, saver, best, device, weights_path):
     summary.update({f"test_{k}": v for k, v in report.items()})
     write_text_atomic(config.run_dir / "summary.json", json.dumps(summary, indent=2))
     if config.onnx:
-        from core.export import export_run
+        from harness.export_run import export_run
         export_run(config, checkpoint, config.artifacts_dir / config.experiment)
     print(f"results in {config.run_dir}")
     return summary
@@ -278,7 +278,7 @@ def run(config, resume=False, overwrite=False):
 def _run(config, resume, overwrite, ddp):
     run_dir, main_process = config.run_dir, ddp.is_main
     device = resolve_device(config, ddp.local_rank if ddp.enabled else None)
-    speed = Speed(config, device)  # speed.* and deterministic (core/speed.py)
+    speed = Speed(config, device)  # speed.* and deterministic (harness/speed.py)
     random.seed(config.seed)  # before the networks are built: their initialisation draws from it
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -350,7 +350,7 @@ def _run(config, resume, overwrite, ddp):
     log = MetricsLog(run_dir, config.output.tensorboard, checkpoint["epoch"] if checkpoint else None) \
         if main_process else None
 
-    divergence = DivergenceGuard()  # a loss far above its running median stops the run (core/divergence.py)
+    divergence = DivergenceGuard()  # a loss far above its running median stops the run (harness/divergence.py)
     for epoch in range(start_epoch, config.schedule.epochs + 1):
         started = time.time()
         means = train_one_epoch(network, model, train_loader, epoch, config, optimizer, distiller, ddp, device, saver,
@@ -385,7 +385,7 @@ def main(argv=None):
     config = load_entry_config(args.config, args.set)
     print(dump_config(config))
     if config.test:
-        from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint, evaluation_folder
+        from harness.evaluate_run import default_checkpoint, evaluate_checkpoint, evaluation_folder
         checkpoint = default_checkpoint(config)
         evaluate_checkpoint(config, checkpoint, split="test", with_baseline=True,
                             out_dir=evaluation_folder(config, "test", checkpoint, overwrite=args.overwrite))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.files import write_text_atomic  # noqa: E402
+from helpers.files import write_text_atomic  # noqa: E402
 from distill import DistillationLoss, FeatureTaps, check_same_architecture, prepare_teacher  # noqa: E402
 from models.dbf_dble import DBFDBLE  # noqa: E402
 from quant import calibrate, prepare_quantized_model  # noqa: E402

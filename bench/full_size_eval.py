@@ -3,7 +3,7 @@
 One synthetic full-size test frame is evaluated by test.py's own code (`test.main`: checkpoint
 loading, evaluate_checkpoint, tiled predict, PSNR/SSIM, result files) in a fresh process, with the
 full-width DBF/DBLE and frame-wide channel-attention statistics (four statistics passes plus one
-output pass over the tiles, see core/evaluate.py). The weights are a fixed random initialisation:
+output pass over the tiles, see harness/evaluate.py). The weights are a fixed random initialisation:
 time and memory do not depend on their values.
 
 A second measurement shows that memory follows the tile and not the frame: `predict` alone on the
@@ -17,7 +17,7 @@ by about 10% in a check (612 against 547 MiB for a 1024x2048 crop, tiles of 512)
     python bench/full_size_eval.py --skip-test-py       # only the memory-versus-tile measurement
 
 For test.py the figure is the process's own peak RSS (ru_maxrss; it starts no children), which
-also covers the full-size PSNR/SSIM of core/metrics.py. For `predict` alone the peak is reset just
+also covers the full-size PSNR/SSIM of helpers/metrics.py. For `predict` alone the peak is reset just
 before prediction (Linux /proc/self/clear_refs), so it shows what prediction itself holds.
 
 Figures on a shared 2-core CPU, width 1.0, tile 512, overlap 64 (88 tiles, five passes): test.py
@@ -126,11 +126,11 @@ def measure_predict(arguments: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(arguments.threads)
-    from core.config import load_config
-    from core.evaluate import predict, tile_layout
-    from core.setup import build_eval_dataset
+    from harness.config import load_config
+    from harness.evaluate import predict, tile_layout
+    from harness.setup import build_eval_dataset
     from models.dbf_dble import DBFDBLE
-    from models.weights import load_weights
+    from checkpoints.weights import load_weights
 
     config = load_config(arguments.config, check_files=False)
     inputs = build_eval_dataset(config, "test", "mosaic")[0]["input"].unsqueeze(0).clone()

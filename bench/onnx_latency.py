@@ -152,7 +152,7 @@ def main(argv=None):
     def float_model():
         model = build_model("dbf_dble", args.width)
         if args.weights:
-            from models.weights import load_weights
+            from checkpoints.weights import load_weights
             load_weights(model, args.weights)
         return model.eval()
 

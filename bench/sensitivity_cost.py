@@ -1,4 +1,4 @@
-"""How long sensitivity.py takes, extrapolated from a sample of quantizers.
+"""How long tools/sensitivity.py takes, extrapolated from a sample of quantizers.
 
     python bench/sensitivity_cost.py [--width 1.0] [--crop 256] [--probes 8] [--probe-batch 4]
                                      [--sample 6] [--threads 1] [--json PATH]
@@ -10,7 +10,7 @@ wall time of a quiet core) and wall time:
 * Hessian measure: `hessian_scores` on --sample quantizers spread over the network, scaled to all
   of them (each quantizer costs 2 x probes Hessian-vector products: the plain trace and the
   noise-shaped one), plus one forward and first backward per frame.
-Both grow with pixels x width^2; sensitivity.py's total is (PSNR + Hessian) x frames.
+Both grow with pixels x width^2; tools/sensitivity.py's total is (PSNR + Hessian) x frames.
 """
 import argparse
 import json
@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.files import write_text_atomic  # noqa: E402
+from helpers.files import write_text_atomic  # noqa: E402
 from models.dbf_dble import DBFDBLE  # noqa: E402
 from quant import calibrate, prepare_quantized_model  # noqa: E402
 from quant.sensitivity import describe_quantizers, hessian_scores, mean_psnr, quantization_frozen  # noqa: E402

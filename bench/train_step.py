@@ -28,13 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.config import Config  # noqa: E402
-from core.files import write_text_atomic  # noqa: E402
-from core.setup import build_train_loader  # noqa: E402
-from core.speed import Speed  # noqa: E402
+from harness.config import Config  # noqa: E402
+from helpers.files import write_text_atomic  # noqa: E402
+from harness.setup import build_train_loader  # noqa: E402
+from harness.speed import Speed  # noqa: E402
 from data.synthetic import generate_synthetic_sid  # noqa: E402
 from models.dbf_dble import DBFDBLE  # noqa: E402
-from core.loss import task_loss  # noqa: E402
+from harness.loss import task_loss  # noqa: E402
 from train import batches_for_epoch  # noqa: E402
 
 W8A8_LSQ = {"weight": {"bits": 8}, "activation": {"bits": 8}, "calibration_batches": 1}

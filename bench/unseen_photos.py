@@ -6,7 +6,7 @@ gives `--crops` crops of the embedded set's frame size, rendered exactly like th
 (Sony a7S colour, as-shot white balance, ELD noise at an ISO drawn from SID's) with a 10 s ground
 truth and 0.1 / 0.04 / 0.033 s inputs, so every crop is scored at x100, x250 and x300. Scoring is
 the project's own: the checkpoint evaluated on the whole frame, the naive baseline being the short
-exposure amplified by the ratio and developed by rawpy (core/checkpoint_eval.py).
+exposure amplified by the ratio and developed by rawpy (harness/evaluate_run.py).
 
 scikit-learn is not a project requirement; install it for this check only:
     pip install "scikit-learn>=1.3,<2"
@@ -25,12 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.checkpoint_eval import baseline_rows, load_network  # noqa: E402
-from core.config import load_config  # noqa: E402
-from core.evaluate import evaluate  # noqa: E402
-from core.files import write_csv_atomic  # noqa: E402
-from core.records import format_table  # noqa: E402
-from core.setup import build_eval_dataset, resolve_device  # noqa: E402
+from harness.evaluate_run import baseline_rows, load_network  # noqa: E402
+from harness.config import load_config  # noqa: E402
+from harness.evaluate import evaluate  # noqa: E402
+from helpers.files import write_csv_atomic  # noqa: E402
+from harness.records import format_table  # noqa: E402
+from harness.setup import build_eval_dataset, resolve_device  # noqa: E402
 from data.synthetic import linear_crop, render_linear_scene, write_scene  # noqa: E402
 from models import input_kind  # noqa: E402
 

@@ -29,7 +29,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from core.files import write_bytes_atomic, write_text_atomic
+from helpers.files import write_bytes_atomic, write_text_atomic
 from deploy.quantizers import (ExportError, QuantSpec, describe, fake_quantizers, fold_weight, qdq_reference)
 from deploy.transposed_conv import transposed_convs_as_integer_convs
 

@@ -1,5 +1,5 @@
 """An exported ONNX model run by onnxruntime behind the torch module interface, so that the
-project's tiling (core.evaluate.predict) and scoring (core.evaluate.evaluate) run it unchanged."""
+project's tiling (harness.evaluate.predict) and scoring (harness.evaluate.evaluate) run it unchanged."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ class OnnxNetwork(torch.nn.Module):
     """Calls an onnxruntime CPU session on (B, C, H, W) tensors; returns what the graph returns.
 
     Channel attention inside the graph cannot be hooked, so tiled prediction must average per tile
-    (core.evaluate.predict with statistics_passes=0); untiled prediction is exact."""
+    (harness.evaluate.predict with statistics_passes=0); untiled prediction is exact."""
 
     def __init__(self, path, threads: int = 0):
         super().__init__()

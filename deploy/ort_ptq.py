@@ -1,5 +1,5 @@
 """onnxruntime's own post-training static quantization (`quantize_static`) of an exported FP32 model:
-the baseline a deployment team would reach for first, used by bench/onnx_latency.py and ptq.py.
+the baseline a deployment team would reach for first, used by bench/onnx_latency.py and tools/ptq.py.
 
 It calibrates MinMax ranges on the given inputs and writes a QDQ graph (uint8 activations, int8
 weights per output channel by default), which onnxruntime fuses to QLinearConv itself.

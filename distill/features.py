@@ -32,8 +32,8 @@ from torch.ao.quantization import FakeQuantizeBase
 from torch.ao.quantization.observer import ObserverBase
 from torch.fx import GraphModule
 
-from core.graph_ops import is_rearranging
-from core.names import nearest_text
+from helpers.graph_ops import is_rearranging
+from helpers.names import nearest_text
 from models.tracing import explain_trace_failure
 
 # The activation modules whose outputs are the default candidates for the Hessian ranking.

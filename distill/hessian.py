@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from core.files import write_bytes_atomic, write_text_atomic
+from helpers.files import write_bytes_atomic, write_text_atomic
 from distill.features import FeatureTaps, activation_layer_names, merge_layer_names, trace_for_features
 
 

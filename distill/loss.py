@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.names import nearest
+from helpers.names import nearest
 
 FEATURE_LOSS_KINDS = ("mse", "l1", "scale_invariant")
 _RMS_FLOOR = 1e-8  # keeps an all-zero feature map (dead layer) from dividing by zero

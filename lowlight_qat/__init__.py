@@ -26,14 +26,14 @@ import torch
 import torch.nn as nn
 import yaml
 
-from core.config import LossConfig
-from core.loss import task_loss
-from core.names import nearest
+from harness.config import LossConfig
+from harness.loss import task_loss
+from helpers.names import nearest
 from distill import Distiller, LayerTrace
 from models import build_model
 from models.contract import check_declared, check_outputs
 from models.tracing import UntraceableNetworkError, check_traceable
-from models.weights import load_weights
+from checkpoints.weights import load_weights
 from quant import QuantSchemeConfig, param_groups, parse_quant_scheme
 
 SCHEME_FOLDER = Path(__file__).resolve().parents[1] / "configfile"
@@ -108,7 +108,7 @@ def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str
 
 
 def mse_task_loss(outputs, batch) -> torch.Tensor:
-    """The task loss with MSE and unit weights (core/loss.py), the Hessian ranking's default: L1 has
+    """The task loss with MSE and unit weights (harness/loss.py), the Hessian ranking's default: L1 has
     no curvature on piecewise-linear layers (distill/hessian.py). Two-output networks need batch['mono']."""
     return task_loss(outputs, batch, LossConfig(), distance="mse")
 
@@ -133,7 +133,7 @@ def export_onnx(model: nn.Module, out_dir, height: int = 64, width: int = 64, op
 
 
 class _Samples:
-    """Batches of dicts (or (input, rgb) pairs) as the per-image items core/evaluate.py reads."""
+    """Batches of dicts (or (input, rgb) pairs) as the per-image items harness/evaluate.py reads."""
 
     def __init__(self, batches):
         self.items = []
@@ -159,9 +159,9 @@ class _Samples:
 def evaluate(model: nn.Module, batches, ssim_variant: str = "skimage", tile_size: Optional[int] = None,
              overlap: int = 32) -> tuple[dict, list[dict]]:
     """PSNR/SSIM of the model's RGB output (clipped to [0, 1]) per image and on average
-    (core/evaluate.py). `batches`: dicts with 'input' and 'rgb' (batched or single), (input, rgb)
+    (harness/evaluate.py). `batches`: dicts with 'input' and 'rgb' (batched or single), (input, rgb)
     pairs, or a data.sid.SIDEvalDataset. Returns (means, rows)."""
-    from core.evaluate import evaluate as evaluate_dataset
+    from harness.evaluate import evaluate as evaluate_dataset
     dataset = batches if hasattr(batches, "__getitem__") and hasattr(batches, "pairs") else _Samples(batches)
     device = next(model.parameters()).device
     return evaluate_dataset(model, dataset, device, ssim_variant, tile_size, overlap, description="evaluate")

@@ -5,11 +5,11 @@ import inspect
 
 from models.contract import check_declared, check_outputs, message_prefix
 from models.dbf_dble import DBFDBLE
-from core.names import nearest
+from helpers.names import nearest
 from models.plugins import is_import_path, resolve_import_path
 from models.sid_unet import SIDUNet
 
-# The one list of built-in names; core/config.py validates model.name against it.
+# The one list of built-in names; harness/config.py validates model.name against it.
 MODELS = {"dbf_dble": DBFDBLE, "sid_unet": SIDUNet}
 
 

@@ -12,7 +12,7 @@ import sys
 
 import torch.nn as nn
 
-from core.names import nearest
+from helpers.names import nearest
 from models.contract import message_prefix
 
 SEPARATOR = ":"

@@ -1,6 +1,6 @@
 """Quantization-aware training on MQBench: the quant_scheme config, model preparation with the user's
 special_layer overrides, calibration, the quant plan and quantized checkpoints."""
-from quant.checkpoint import load_quantized_state, quantized_state
+from quant.state import load_quantized_state, quantized_state
 from quant.plan import format_quant_plan, quant_plan_rows, write_quant_plan
 from quant.prepare import (calibrate, fake_quantizers, layer_names, param_groups, prepare_quantized_model,
                            quantizer_parameters, set_qat_observers, unquantized_input_paths)

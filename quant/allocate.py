@@ -72,7 +72,7 @@ def _check(candidates: list[Candidate], bit_widths: list[int], budget_kind: str)
         missing = [b for b in bit_widths if b not in (c.sensitivity or {})]
         if missing:
             raise ValueError(f"{c.quantizer}: no sensitivity at {missing[0]} bits; measured: "
-                             f"{', '.join(map(str, sorted(c.sensitivity or {})))} (sensitivity.py --bits)")
+                             f"{', '.join(map(str, sorted(c.sensitivity or {})))} (tools/sensitivity.py --bits)")
         if c.input_quantizer and c.input_quantizer not in names:
             raise ValueError(f"{c.quantizer}: input quantizer {c.input_quantizer} is not among the candidates")
 
@@ -179,7 +179,7 @@ def candidates_from_rows(rows: list[dict], measure: str = "hessian") -> list[Can
         raise ValueError(f"measure {measure!r}; choose hessian, hawq or psnr")
     columns = {int(key[len(prefix):-3]): key for key in rows[0] if key.startswith(prefix) and key.endswith("bit")}
     if not columns:
-        raise ValueError(f"sensitivity.csv has no {prefix}<b>bit columns; run sensitivity.py with the hessian measure")
+        raise ValueError(f"sensitivity.csv has no {prefix}<b>bit columns; run tools/sensitivity.py with the hessian measure")
     candidates = []
     for row in rows:
         values = {b: float(row[key]) for b, key in columns.items() if row.get(key) not in ("", None)}
@@ -187,7 +187,7 @@ def candidates_from_rows(rows: list[dict], measure: str = "hessian") -> list[Can
             low = int(row.get("psnr_low_bits") or 0)
             if row.get("psnr_drop") in ("", None, "nan") or low not in values:
                 raise ValueError(f"{row['quantizer']}: no PSNR drop at a bit width with a noise power; run "
-                                 "sensitivity.py with --measures psnr,hessian")
+                                 "tools/sensitivity.py with --measures psnr,hessian")
             reference = values[low]
             drop = max(float(row["psnr_drop"]), 0.0)  # a drop below zero is noise, not a gain to buy
             values = {b: drop * p / reference if reference > 0 else 0.0 for b, p in values.items()}

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule, Node
 
-from core.graph_ops import is_rearranging
+from helpers.graph_ops import is_rearranging
 from quant.prepare import WEIGHT_QUANTIZER, _is_quantizer_node, fake_quantizers
 
 REFERENCE_SIZE = 512
@@ -246,7 +246,7 @@ SUMMARY_KEYS = ("weight_bits", "weight_bits_fp32", "activation_bits", "activatio
 def plan_cost_summary(plan_csv) -> dict:
     """The cost totals of a run, from its quant_plan.csv ({} when the run has none): what train.py
     stores in summary.json under 'cost'."""
-    from core.files import read_csv
+    from helpers.files import read_csv
     rows = read_csv(plan_csv)
     if not rows or "elements" not in rows[0]:
         return {}

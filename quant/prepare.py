@@ -83,8 +83,8 @@ from mqbench.prepare_by_platform import get_qconfig_by_platform, prepare_by_plat
 from mqbench.utils.logger import logger as mqbench_logger
 from mqbench.utils.state import enable_calibration, enable_quantization
 
-from core.graph_ops import is_rearranging
-from core.names import nearest
+from helpers.graph_ops import is_rearranging
+from helpers.names import nearest
 from models.tracing import check_traceable
 from quant.deploy_placement import quantize_sigmoid_outputs, share_quantizers_across_max_pools
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme

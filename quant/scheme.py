@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mqbench.prepare_by_platform import FakeQuantizeDict, ObserverDict
 
-from core.names import fields_at, unknown_choice
+from helpers.names import fields_at, unknown_choice
 
 # Short names of the field mapped to MQBench's class names.
 QUANTIZER_ALIASES = {

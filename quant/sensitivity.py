@@ -33,7 +33,7 @@ import torch.nn as nn
 from torch.fx import GraphModule
 from tqdm import tqdm
 
-from core.metrics import psnr
+from helpers.metrics import psnr
 from distill.hessian import _hessian_probe_products, _model_input, _rademacher, _to_device
 from models import split_outputs
 from quant.cost import measure

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from core.names import unknown_choice
+from helpers.names import unknown_choice
 from quant.scheme import MAX_BITS, MIN_BITS
 
 SCHEMES = {

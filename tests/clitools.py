@@ -1,10 +1,10 @@
 """Running the entry points in this process (fast: no fresh torch/MQBench import per call) with the
-very policy the command line uses: one-line errors and exit status 2 from core.runner."""
+very policy the command line uses: one-line errors and exit status 2 from harness.runner."""
 import importlib.util
 import os
 from pathlib import Path
 
-from core.runner import run_entry_point
+from harness.runner import run_entry_point
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 _modules = {}

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from core.files import read_csv
+from helpers.files import read_csv
 from quant import calibrate, fake_quantizers, format_quant_plan, prepare_quantized_model, quant_plan_rows, write_quant_plan
 from quant.cost import cost_totals, layer_cost_rows, plan_cost_summary, sweep_cost_columns
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core.divergence import DivergenceGuard
+from harness.divergence import DivergenceGuard
 from test_train import run_cli, write_run_config
 
 

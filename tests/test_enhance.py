@@ -7,7 +7,7 @@ import torch
 import yaml
 
 import enhance
-from core.evaluate import predict
+from harness.evaluate import predict
 from data.raw_cache import RawCache
 from data.sid import SIDEvalDataset, read_list
 from data.synthetic import write_dng
@@ -37,7 +37,7 @@ def test_output_equals_test_prediction(network, synthetic_sid_root, synthetic_si
     model, weights, config = network
     pair = read_list(synthetic_sid_root / "Sony_test_list.txt", synthetic_sid_root)[0]
     item = SIDEvalDataset([pair], RawCache(synthetic_sid_cache_dir), "mosaic")[0]
-    with torch.no_grad():  # what core.evaluate.evaluate (test.py) scores for this file
+    with torch.no_grad():  # what harness.evaluate.evaluate (test.py) scores for this file
         expected = predict(model, item["input"][None])[1][0].clamp(0, 1).permute(1, 2, 0).numpy()
     common = [str(pair.short_path), "--checkpoint", str(weights), "--config", str(config)]
     enhance.main(common + ["--out", str(tmp_path / "png"), "--ratio", str(pair.ratio)])

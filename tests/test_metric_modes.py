@@ -5,10 +5,10 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from core.config import load_config
-from core.evaluate import evaluate
-from core.metrics import psnr, ssim
-from core.setup import build_eval_dataset, build_float_model, split_pairs
+from harness.config import load_config
+from harness.evaluate import evaluate
+from helpers.metrics import psnr, ssim
+from harness.setup import build_eval_dataset, build_float_model, split_pairs
 from data.sid import read_list, select_training_pairs
 from test_train import write_run_config
 

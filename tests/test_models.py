@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.fx
 
-from core.safe_load import CheckpointError
+from checkpoints.safe_load import CheckpointError
 from models import build_model, split_outputs
-from models.weights import WeightsError, load_weights
+from checkpoints.weights import WeightsError, load_weights
 
 # Key names of the published checkpoint (SID_weights_690000.pth), one per kind of module.
 PUBLISHED_KEYS = [

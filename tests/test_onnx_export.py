@@ -251,7 +251,7 @@ def test_more_than_16_bits_is_refused():
 def test_cli_exports_a_quantized_checkpoint(qmodel, tmp_path):
     import yaml
 
-    import export_onnx
+    from tools import export_onnx
     from quant import quantized_state
     config = {"quant": True, "allow_random_init": True, "model": {"name": "dbf_dble", "width": WIDTH},
               "quant_scheme": SCHEME_8BIT, "extra_quantizer_dict": {"special_layer": SPECIAL},

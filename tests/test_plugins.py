@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import yaml
 
-import hessian_rank
+from tools import hessian_rank
 import sweep
 import train
-from core.config import ConfigError, load_config
-from core.runner import run_entry_point
+from harness.config import ConfigError, load_config
+from harness.runner import run_entry_point
 from examples.tiny_raw_net import TinyRawNet
 from test_train import REPOSITORY_ROOT, write_run_config
 

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from core import preemption
-from core.distributed import Distributed
+from harness import preemption
+from harness.distributed import Distributed
 from test_train import REPOSITORY_ROOT, run_cli, write_run_config
 
 

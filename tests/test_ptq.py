@@ -1,11 +1,11 @@
-"""ptq.py: post-training quantization baselines of a float model, scored on the test split."""
+"""tools/ptq.py: post-training quantization baselines of a float model, scored on the test split."""
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-import ptq
+from tools import ptq
 from models import build_model
 from test_train import write_run_config
 
@@ -41,9 +41,9 @@ def test_ptq_baselines_are_scored_on_the_test_split(synthetic_sid_root, float_we
 
 def test_zero_epochs_is_calibration_only_ptq_scored_like_ptq_py(synthetic_sid_root, float_weights, tmp_path):
     # A sweep variant {schedule.epochs: 0} is how a table puts PTQ beside QAT: train.py then only
-    # calibrates, validates and saves "epoch 0", and its test score is ptq.py's MQBench PTQ row.
+    # calibrates, validates and saves "epoch 0", and its test score is tools/ptq.py's MQBench PTQ row.
     import train
-    from core.config import load_config
+    from harness.config import load_config
     config_path = write_run_config(tmp_path, synthetic_sid_root, model__width=0.125, quant=True,
                                    load_model=str(float_weights), schedule__epochs=0,
                                    quant_scheme={"backend": "snpe", "calibration_batches": 1})
@@ -57,7 +57,7 @@ def test_zero_epochs_is_calibration_only_ptq_scored_like_ptq_py(synthetic_sid_ro
 
 
 def test_zero_epochs_without_weights_is_refused(synthetic_sid_root, tmp_path):
-    from core.config import ConfigError, load_config
+    from harness.config import ConfigError, load_config
     config_path = write_run_config(tmp_path, synthetic_sid_root, schedule__epochs=0)
     with pytest.raises(ConfigError, match="schedule.epochs: 0"):
         load_config(config_path)

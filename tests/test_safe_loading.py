@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clitools import assert_one_line_error, run_here
-from core.safe_load import CheckpointError, load_torch_file
+from checkpoints.safe_load import CheckpointError, load_torch_file
 from test_train import write_run_config
 
 
@@ -36,7 +36,7 @@ def small_run(synthetic_sid_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("safe_run")
     config_path = write_run_config(folder, synthetic_sid_root, schedule__epochs=2, schedule__iters_per_epoch=2)
     from clitools import entry_point
-    from core.runner import run_entry_point
+    from harness.runner import run_entry_point
     previous = os.getcwd()
     os.chdir(folder)
     try:
@@ -124,17 +124,17 @@ def test_checkpoint_of_the_earlier_format_names_the_converter_and_converts(small
     torch.save(old, old_path)
     with pytest.raises(CheckpointError) as error:
         load_torch_file(old_path)
-    assert "convert_checkpoint.py" in str(error.value) and "\n" not in str(error.value)
+    assert "tools/convert_checkpoint.py" in str(error.value) and "\n" not in str(error.value)
 
-    status, _, stderr = run_here(capsys, "convert_checkpoint.py", old_path)
+    status, _, stderr = run_here(capsys, "tools/convert_checkpoint.py", old_path)
     assert_one_line_error(status, stderr, "--trust")  # converting needs the user's word
-    status, stdout, _ = run_here(capsys, "convert_checkpoint.py", old_path, "--trust")
+    status, stdout, _ = run_here(capsys, "tools/convert_checkpoint.py", old_path, "--trust")
     assert status == 0 and "converted" in stdout
     converted = load_torch_file(old_path)
     for key, value in current["model"].items():
         assert torch.equal(converted["model"][key], value)
     np.random.seed(1)
-    from core.checkpoint import restore_rng_state
+    from checkpoints.training import restore_rng_state
     restore_rng_state(converted["rng"])
     first = np.random.rand()
     np.random.set_state(old["rng"]["numpy"])

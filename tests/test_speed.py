@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from core.config import Config, ConfigError
-from core.distributed import check_processes_fit_devices, find_unused_parameters, parameters_without_gradient
-from core.setup import EpochIndexSampler, TrainLoader, loader_workers
-from core.speed import DeterministicGlobalAveragePool, Speed, use_deterministic_pooling
+from harness.config import Config, ConfigError
+from harness.distributed import check_processes_fit_devices, find_unused_parameters, parameters_without_gradient
+from harness.setup import EpochIndexSampler, TrainLoader, loader_workers
+from harness.speed import DeterministicGlobalAveragePool, Speed, use_deterministic_pooling
 from data.raw_cache import RawCache
 from data.sid import SIDTrainDataset, read_list
 from models.dbf_dble import DBFDBLE
-from core.loss import task_loss
+from harness.loss import task_loss
 from train import batches_for_epoch
 
 

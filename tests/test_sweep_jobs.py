@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from core.slurm import JobsFailed
+from sweeps.slurm import JobsFailed
 from test_sweep import write_sweep
 from test_train import REPOSITORY_ROOT
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from core.sweep_summary import distinguishable, paired_difference
+from sweeps.summary import distinguishable, paired_difference
 from sweep import expand, load_sweep
 from test_sweep import run_sweep_cli
 from test_train import write_run_config
@@ -95,7 +95,7 @@ def test_two_seed_sweep_writes_means_std_and_exact_names(synthetic_sid_root, tmp
 
 
 def test_ablation_sweep_is_seven_variants_times_three_seeds_with_the_users_special_layers(monkeypatch):
-    from core.config import load_config
+    from harness.config import load_config
     from sweep import _flatten, expand_runs
     from test_train import REPOSITORY_ROOT
     monkeypatch.chdir(REPOSITORY_ROOT)  # the config files name their bases relative to the repository

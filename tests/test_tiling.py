@@ -1,4 +1,4 @@
-"""Tiled prediction (core/evaluate.py) against whole-frame prediction.
+"""Tiled prediction (harness/evaluate.py) against whole-frame prediction.
 
 Two kinds of network weights are used. With "pixel-local" weights every 3x3 convolution keeps only
 its centre tap, so apart from the global average pools each output pixel depends only on its own
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.evaluate import TILE_GRID, global_average_pools, predict, tile_layout
+from harness.evaluate import TILE_GRID, global_average_pools, predict, tile_layout
 from models.dbf_dble import DBFDBLE
 from models.sid_unet import SIDUNet
 

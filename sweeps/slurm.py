@@ -28,8 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.config import ConfigError
-from core.files import write_text_atomic
+from harness.config import ConfigError
+from helpers.files import write_text_atomic
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 # Queued or running in squeue's words: such a job may still write its run folder.

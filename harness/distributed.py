@@ -8,7 +8,7 @@ import copy
 import torch
 import torch.distributed as dist
 
-from core.config import ConfigError
+from harness.config import ConfigError
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Rewrite a checkpoint that the safe loader refuses into one it accepts.
 
-    python convert_checkpoint.py OLD.pth --trust [--out NEW.pth]
+    python tools/convert_checkpoint.py OLD.pth --trust [--out NEW.pth]
 
 Checkpoints written by lowlight-qat before safe loading stored NumPy's RNG state as a NumPy array,
 which `torch.load(weights_only=True)` will not read. This command reads OLD.pth with the UNSAFE
@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.config import ConfigError
-from core.files import torch_save_atomic
-from core.runner import run_entry_point
-from core.safe_load import load_torch_file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<name>.py` finds the packages
+
+from harness.config import ConfigError
+from helpers.files import torch_save_atomic
+from harness.runner import run_entry_point
+from checkpoints.safe_load import load_torch_file
 
 
 def to_safe_types(value):
-    """NumPy's RNG state becomes the dict that core.checkpoint.rng_state writes; other arrays become
+    """NumPy's RNG state becomes the dict that checkpoints.training.rng_state writes; other arrays become
     tensors and NumPy scalars plain numbers."""
     if isinstance(value, tuple) and len(value) == 5 and value[0] == "MT19937" and isinstance(value[1], np.ndarray):
         generator, keys, position, has_gauss, cached_gaussian = value

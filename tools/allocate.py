@@ -1,6 +1,6 @@
-"""Bits per quantizer under a budget, from sensitivity.py's measurements (quant/allocate.py).
+"""Bits per quantizer under a budget, from tools/sensitivity.py's measurements (quant/allocate.py).
 
-    python allocate.py --sensitivity results/<experiment>/sensitivity/sensitivity.csv
+    python tools/allocate.py --sensitivity results/<experiment>/sensitivity/sensitivity.csv
                        (--budget 0.6 | --match configfile/seed_aba.yaml) [--budget-kind bops|size]
                        [--bits 4,6,8,10] [--measure hessian|hawq|psnr] [--config RUN_CONFIG] [--out DIR]
 
@@ -22,10 +22,12 @@ from pathlib import Path
 
 import yaml
 
-import core.runner
-from core.config import ConfigError, load_config
-from core.files import read_csv, write_csv_atomic, write_text_atomic
-from core.runner import run_entry_point
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<name>.py` finds the packages
+
+import harness.runner
+from harness.config import ConfigError, load_config
+from helpers.files import read_csv, write_csv_atomic, write_text_atomic
+from harness.runner import run_entry_point
 from quant.allocate import (BUDGET_KINDS, allocate, assignment_cost, candidates_from_rows, special_layer_entries,
                             w8a8_cost)
 from sensitivity import _bits_list
@@ -33,7 +35,7 @@ from sensitivity import _bits_list
 
 def hand_bits(config, candidates):
     """Bits of every candidate quantizer in the network `config` prepares (its special layers)."""
-    from core.setup import build_float_model
+    from harness.setup import build_float_model
     from quant import fake_quantizers, prepare_quantized_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -50,7 +52,7 @@ def hand_bits(config, candidates):
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sensitivity", required=True, help="sensitivity.csv written by sensitivity.py")
+    parser.add_argument("--sensitivity", required=True, help="sensitivity.csv written by tools/sensitivity.py")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget", type=float, help="cost limit as a fraction of W8A8 (e.g. 0.6)")
     budget.add_argument("--match", help="run config whose special_layer set's cost is the budget")
@@ -73,13 +75,13 @@ def main(argv=None):
     args = parse_arguments(argv)
     path = Path(args.sensitivity)
     if not path.is_file():
-        raise FileNotFoundError(f"--sensitivity: {path} not found (run sensitivity.py first)")
+        raise FileNotFoundError(f"--sensitivity: {path} not found (run tools/sensitivity.py first)")
     candidates = candidates_from_rows(read_csv(path), args.measure)
     reference = w8a8_cost(candidates, args.budget_kind)
     hand = None
     if args.match:
         match_config = load_config(args.match, args.set, check_files=False)
-        core.runner.post_mortem = match_config.pdb_debug
+        harness.runner.post_mortem = match_config.pdb_debug
         hand = hand_bits(match_config, candidates)
         args.budget = assignment_cost(candidates, hand, args.budget_kind) / reference
         print(f"budget: the special layers of {args.match} cost {args.budget:.4f} x W8A8 {args.budget_kind}")
@@ -87,7 +89,7 @@ def main(argv=None):
     bits = result["bits"]
     out_dir = Path(args.out) if args.out else path.parent
     entries = special_layer_entries(candidates, bits)
-    header = (f"# allocate.py --sensitivity {path} --budget-kind {args.budget_kind} --measure {args.measure}\n"
+    header = (f"# tools/allocate.py --sensitivity {path} --budget-kind {args.budget_kind} --measure {args.measure}\n"
               f"# budget {args.budget:.4f} x W8A8 {args.budget_kind}; allocation costs {result['cost_vs_w8a8']:.4f}; "
               f"summed sensitivity {result['objective']:.6g} ({result['status']})\n")
     if hand is not None:

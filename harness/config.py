@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.names import nearest, validation_error_line
+from helpers.names import nearest, validation_error_line
 from quant.scheme import QuantSchemeConfig
 
 
@@ -51,7 +51,7 @@ class DataConfig(Section):
     patch_size: int = 512
     flip: bool = True
     transpose: bool = False
-    # auto: from the CPUs this process may use (core/setup.py: loader_workers); 0 = load in-process.
+    # auto: from the CPUs this process may use (harness/setup.py: loader_workers); 0 = load in-process.
     num_workers: Union[int, Literal["auto"]] = "auto"
     decode_workers: int = 2
     # all: every pair of train_list; dble: the DBF/DBLE authors' 181 pairs (data/sid.py select_training_pairs)
@@ -79,11 +79,11 @@ class DataConfig(Section):
 
 
 class SpeedConfig(Section):
-    """Training speed (core/speed.py says what runs in which precision)."""
+    """Training speed (harness/speed.py says what runs in which precision)."""
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"  # fp16: CUDA only, with a GradScaler
     channels_last: bool = False
     compile: bool = False  # torch.compile of the training forward (not of validation)
-    # DDP: null finds unused parameters only when a parameter gets no gradient (core/distributed.py).
+    # DDP: null finds unused parameters only when a parameter gets no gradient (harness/distributed.py).
     find_unused_parameters: Optional[bool] = None
 
 
@@ -145,14 +145,14 @@ class LossConfig(Section):
 class ValConfig(Section):
     every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
     ssim: Literal["skimage", "gaussian"] = "skimage"
-    # float: clipped float images; uint8: the DBF/DBLE authors' truncated 8-bit scoring (core/metrics.py)
+    # float: clipped float images; uint8: the DBF/DBLE authors' truncated 8-bit scoring (helpers/metrics.py)
     metric_precision: Literal["float", "uint8"] = "float"
     # null: whole frames (on a GPU, a frame that does not fit falls back to exact 512 tiles); else tiles
     # of this size (multiple of 32)
     tile_size: Optional[int] = None
     tile_overlap: int = 32
     # null: exact frame-wide channel-attention averages (4 short statistics passes + 1, see
-    # core/evaluate.py); 0: each tile averages over itself (one pass, about 0.03 dB off).
+    # harness/evaluate.py); 0: each tile averages over itself (one pass, about 0.03 dB off).
     tile_statistics_passes: Optional[int] = None
 
     @field_validator("tile_size")
@@ -212,7 +212,7 @@ class Config(Section):
     seed: int = 0
     allow_random_init: bool = False
     quantize_output: bool = False
-    # Reproducible CUDA runs (core/speed.py: make_deterministic); costs speed, see README.
+    # Reproducible CUDA runs (harness/speed.py: make_deterministic); costs speed, see README.
     deterministic: bool = False
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     data: DataConfig = Field(default_factory=DataConfig)

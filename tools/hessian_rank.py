@@ -1,6 +1,6 @@
 """Rank the activations of a full-precision network by the Hessian trace of the loss w.r.t. each.
 
-    python hessian_rank.py --config configfile/X.yaml [--checkpoint PATH] [--batches N] [--probes N]
+    python tools/hessian_rank.py --config configfile/X.yaml [--checkpoint PATH] [--batches N] [--probes N]
                            [--top-k K] [--out DIR] [--seed S] [--device cpu] [--crop 256] [--probe-batch 4]
                            [--layers A,B,...] [--loss mse|l1] [--coefficient 0.1]
                            [--special-layers BITS] [--set key=value ...]
@@ -24,12 +24,14 @@ from pathlib import Path
 
 import torch
 
-from core.config import ConfigError
-from core.runner import load_entry_config, run_entry_point
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<name>.py` finds the packages
+
+from harness.config import ConfigError
+from harness.runner import load_entry_config, run_entry_point
 # Glue to the config and data system (core/): the interface this tool expects from it.
-from core.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
+from harness.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
 from distill.hessian import rank_layers, ranking_table, write_ranking
-from core.loss import task_loss
+from harness.loss import task_loss
 
 CROP_MULTIPLE = 32  # keeps the Bayer phase (even offsets) and the network's size constraint
 
@@ -108,7 +110,7 @@ def main(argv=None):
     out_dir = Path(args.out) if args.out else config.run_dir / "hessian"
     size = "x".join(str(s) for s in batches[0]["rgb"].shape[-2:])
     comment = (f"Top {min(args.top_k, len(rows))} of {len(rows)} activations by Hessian trace ({args.loss} loss), "
-               f"hessian_rank.py --config {args.config}\n"
+               f"tools/hessian_rank.py --config {args.config}\n"
                f"weights {weights}; {len(batches)} {args.split} frame(s) at {size}; {args.probes} probes; seed {args.seed}")
     paths = write_ranking(rows, out_dir, top_k=args.top_k, coefficient=args.coefficient,
                           special_layer_bits=args.special_layers, comment=comment)

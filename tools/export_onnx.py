@@ -2,7 +2,7 @@
 fake-quantized network as a standard QuantizeLinear/DequantizeLinear graph, both checked with
 onnxruntime and described in export_report.json beside them.
 
-    python export_onnx.py --config configfile/X.yaml [--checkpoint PATH] [--out onnx/<experiment>]
+    python tools/export_onnx.py --config configfile/X.yaml [--checkpoint PATH] [--out onnx/<experiment>]
                           [--height 64 --width 64] [--opset N] [--set key=value ...]
 
 Without --checkpoint it takes the run's best checkpoint (then its latest, then load_quant_model /
@@ -11,11 +11,14 @@ graphs take any batch, height and width (multiples of 32). Exit status: 0 export
 1 a check failed (files and report written), 2 bad input or a quantizer with no QDQ form (the
 full-precision model and the report are still written).
 """
+from pathlib import Path
 import argparse
 import sys
 
-from core.checkpoint_eval import default_checkpoint
-from core.runner import load_entry_config, run_entry_point
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<name>.py` finds the packages
+
+from harness.evaluate_run import default_checkpoint
+from harness.runner import load_entry_config, run_entry_point
 
 
 def main(argv=None):
@@ -31,7 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_entry_config(args.config, args.set, check_files=False)
     checkpoint = args.checkpoint or default_checkpoint(config)
-    from core.export import export_run
+    from harness.export_run import export_run
     report = export_run(config, checkpoint, args.out, args.height, args.width, args.opset)
     if not report["passed"]:
         print("error: an export check failed; see the report", file=sys.stderr)

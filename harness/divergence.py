@@ -3,7 +3,7 @@
 A too-large learning rate can send the L1 loss from 0.1 to 1e5 within an epoch while it stays
 finite: the run then trains on for hours and ends with a 5 dB network and no message. The guard
 compares each step's loss with the median of the recent ones and raises FloatingPointError (which
-core/runner.py reports as one line, exit status 2) naming epoch, step and the last good checkpoint.
+harness/runner.py reports as one line, exit status 2) naming epoch, step and the last good checkpoint.
 The median, not the mean, so that the explosion itself and ordinary noisy batches barely move it.
 """
 from __future__ import annotations

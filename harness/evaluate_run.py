@@ -9,19 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from core.checkpoint import CheckpointSaver
-from core.config import Config, ConfigError
-from core.evaluate import evaluate
-from core.files import check_writable, write_csv_atomic, write_text_atomic
-from core.metrics import psnr, ssim
-from core.ratios import means_by_ratio
-from core.records import format_table
-from core.safe_load import load_torch_file
-from core.setup import (build_eval_dataset, build_float_model, check_split_lists, ensure_data, resolve_device,
+from checkpoints.training import CheckpointSaver
+from harness.config import Config, ConfigError
+from harness.evaluate import evaluate
+from helpers.files import check_writable, write_csv_atomic, write_text_atomic
+from helpers.metrics import psnr, ssim
+from helpers.ratios import means_by_ratio
+from harness.records import format_table
+from checkpoints.safe_load import load_torch_file
+from harness.setup import (build_eval_dataset, build_float_model, check_split_lists, ensure_data, resolve_device,
                         split_selection)
 from data.sid import develop_short_exposure_baseline
 from models import input_kind
-from models.weights import load_state
+from checkpoints.weights import load_state
 
 
 def default_checkpoint(config: Config) -> Path:

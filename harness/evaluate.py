@@ -37,9 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.files import write_bytes_atomic
-from core.metrics import psnr, ssim, to_image
-from core.ratios import means_by_ratio
+from helpers.files import write_bytes_atomic
+from helpers.metrics import psnr, ssim, to_image
+from helpers.ratios import means_by_ratio
 from models import split_outputs
 
 # Five 2x max-poolings separate the DBF/DBLE input from its coarsest features (four after the
@@ -299,7 +299,7 @@ def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, ove
              image_dir=None, description="eval", statistics_passes: Optional[int] = None,
              metric_precision: str = "float"):
     """Per-image PSNR/SSIM on RGB clipped to [0, 1] (and on the mono image for networks with a mono
-    head), scored as `metric_precision` says (see core/metrics.py); returns (means, rows). The means
+    head), scored as `metric_precision` says (see helpers/metrics.py); returns (means, rows). The means
     hold the overall values, one set per exposure ratio (`psnr_x100`, ...) and the metric mode and
     SSIM variant they were computed with. Tiling arguments as in `predict`."""
     was_training = model.training

@@ -1,6 +1,6 @@
 """Sensitivity of every fake quantizer (weights and activations): PSNR drop and Hessian estimate.
 
-    python sensitivity.py --config configfile/seed_aba.yaml [--checkpoint PATH] [--low 4 --high 8]
+    python tools/sensitivity.py --config configfile/seed_aba.yaml [--checkpoint PATH] [--low 4 --high 8]
                           [--bits 4,6,8,10] [--batches 2] [--calibration-batches 2] [--probes 8]
                           [--probe-batch 4] [--crop 256] [--split val] [--measures psnr,hessian]
                           [--out DIR] [--seed 0] [--device cpu] [--set key=value ...]
@@ -34,11 +34,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-import core.runner
-from core.config import ConfigError, load_config
-from core.files import write_bytes_atomic, write_csv_atomic, write_text_atomic
-from core.runner import run_entry_point
-from core.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<name>.py` finds the packages
+
+import harness.runner
+from harness.config import ConfigError, load_config
+from helpers.files import write_bytes_atomic, write_csv_atomic, write_text_atomic
+from harness.runner import run_entry_point
+from harness.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
 from hessian_rank import CROP_MULTIPLE, center_crop, ranking_loss
 from quant import calibrate, prepare_quantized_model
 from quant.scheme import MAX_BITS, MIN_BITS
@@ -100,7 +102,7 @@ def parse_arguments(argv):
 def main(argv=None):
     args = parse_arguments(argv)
     config = load_config(args.config, args.set, check_files=False)
-    core.runner.post_mortem = config.pdb_debug
+    harness.runner.post_mortem = config.pdb_debug
     device = torch.device(args.device) if args.device else resolve_device(config)
     weights = args.checkpoint or config.load_model
     if weights is None and not config.allow_random_init:

@@ -4,10 +4,10 @@ A `.pth` file is a pickle, and a pickle can call any function while it is read: 
 "checkpoint" passed as `load_model` would run its payload the moment it is opened. Every load in
 the project therefore goes through `load_torch_file`, which uses `torch.load(weights_only=True)`:
 tensors, numbers, strings, lists, tuples and dicts only. The harness writes its own checkpoints
-with exactly those types (see core/checkpoint.py for the RNG state), so nothing is allow-listed.
+with exactly those types (see checkpoints/training.py for the RNG state), so nothing is allow-listed.
 
 Files the safe loader refuses stop the run with one line naming the file. Checkpoints written by
-lowlight-qat before this change held NumPy RNG state; `convert_checkpoint.py` rewrites them once
+lowlight-qat before this change held NumPy RNG state; `tools/convert_checkpoint.py` rewrites them once
 (it reads them the unsafe way, and only when the user says they trust the file).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-CONVERTER = "python convert_checkpoint.py"
+CONVERTER = "python tools/convert_checkpoint.py"
 # What older lowlight-qat checkpoints contained beyond weights: NumPy's RNG state (an array and
 # its dtype). Seeing only these names tells an old harness checkpoint from a foreign pickle.
 _OLD_HARNESS_GLOBALS = {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",

@@ -1,11 +1,11 @@
 """Loading full-precision weights: the authors' `{'model': state_dict}` files, our own
 checkpoints (which keep the weights under 'model' too), plain state_dicts and `.safetensors`.
-Every file is read through core.safe_load, so a weights file can never run code."""
+Every file is read through checkpoints.safe_load, so a weights file can never run code."""
 from pathlib import Path
 
 import torch
 
-from core.safe_load import CheckpointError, load_torch_file
+from checkpoints.safe_load import CheckpointError, load_torch_file
 
 
 class WeightsError(CheckpointError):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.files import read_csv, write_bytes_atomic
-from core.sweep_summary import run_scores
+from helpers.files import read_csv, write_bytes_atomic
+from sweeps.summary import run_scores
 
 SWEEP_FIGURES = ("best_psnr.png", "psnr_curves.png", "test_psnr_per_ratio.png")
 MINIMUM_SPAN_DB = 0.5

@@ -4,7 +4,7 @@ previous or the new version, and resume trims rows past the checkpoint (no dupli
 import math
 from pathlib import Path
 
-from core.files import read_csv, write_csv_atomic, write_text_atomic
+from helpers.files import read_csv, write_csv_atomic, write_text_atomic
 
 
 def _format(value) -> str:

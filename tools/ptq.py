@@ -1,7 +1,7 @@
 """Post-training quantization baselines: how good is the full-precision model quantized without any
 training, at the run config's bits? The answer QAT must beat.
 
-    python ptq.py --config configfile/X.yaml [--weights PATH] [--qat-checkpoint PATH] [--onnx PATH ...]
+    python tools/ptq.py --config configfile/X.yaml [--weights PATH] [--qat-checkpoint PATH] [--onnx PATH ...]
                   [--bits 8 6 4] [--skip-onnxruntime] [--out DIR] [--set key=value ...]
 
 For each bit width (default: the config's quant_scheme bits; `--bits 8 6 4` sweeps W=A at each) it
@@ -25,13 +25,15 @@ from pathlib import Path
 
 import torch
 
-import core.runner
-from core.config import load_config
-from core.evaluate import evaluate
-from core.files import write_csv_atomic, write_text_atomic
-from core.records import format_table
-from core.runner import run_entry_point
-from core.setup import build_eval_dataset, build_float_model, build_train_loader, ensure_data
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<name>.py` finds the packages
+
+import harness.runner
+from harness.config import load_config
+from harness.evaluate import evaluate
+from helpers.files import write_csv_atomic, write_text_atomic
+from harness.records import format_table
+from harness.runner import run_entry_point
+from harness.setup import build_eval_dataset, build_float_model, build_train_loader, ensure_data
 from models import input_kind
 
 
@@ -87,7 +89,7 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set, check_files=False)
-    core.runner.post_mortem = config.pdb_debug
+    harness.runner.post_mortem = config.pdb_debug
     weights = args.weights or config.load_model
     if not weights:
         raise ValueError("no full-precision weights: give --weights PATH or set load_model")
@@ -126,7 +128,7 @@ def main(argv=None):
                 summary.append(row)
                 per_image += rows
     if args.qat_checkpoint:
-        from core.checkpoint_eval import load_network
+        from harness.evaluate_run import load_network
         qat = load_network(config, args.qat_checkpoint, torch.device("cpu"))
         row, rows = score(qat, dataset, config, "qat", "checkpoint")
         summary.append(row)

@@ -4,7 +4,7 @@ name carrying its epoch. Each file holds what resume needs: weights (or the quan
 optimizer, scheduler, epoch, best-so-far and the RNG states of Python, NumPy and torch.
 
 Everything in a checkpoint is a type that `torch.load(weights_only=True)` accepts (tensors, numbers,
-strings, lists, tuples, dicts), so resume never needs the unsafe unpickler (core/safe_load.py)."""
+strings, lists, tuples, dicts), so resume never needs the unsafe unpickler (checkpoints/safe_load.py)."""
 import math
 import random
 import re
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.files import torch_save_atomic
-from core.safe_load import CheckpointError, load_torch_file
+from helpers.files import torch_save_atomic
+from checkpoints.safe_load import CheckpointError, load_torch_file
 
 _EPOCH = re.compile(r"_epoch(\d+)")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from core.files import read_csv
-from core.ratios import means_by_ratio
+from helpers.files import read_csv
+from helpers.ratios import means_by_ratio
 
 CONFIDENCE = 0.95
 

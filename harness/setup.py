@@ -1,5 +1,5 @@
 """Building what a run needs from its config: device, data, networks. Shared by train.py, test.py,
-hessian_rank.py, export_onnx.py and sweep.py so each reads the same keys the same way."""
+tools/hessian_rank.py, tools/export_onnx.py and sweep.py so each reads the same keys the same way."""
 import copy
 import os
 from pathlib import Path
@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from core.config import Config, ConfigError
+from harness.config import Config, ConfigError
 from data.raw_cache import RawCache
 from data.sid import (SIDEvalDataset, SIDTrainDataset, finish_batch, prepare_split, read_list, resolve_list_file,
                       select_pairs, select_training_pairs)
 from data.synthetic import generate_synthetic_sid
 from models import build_model, input_kind as network_input_kind
-from models.weights import load_weights
+from checkpoints.weights import load_weights
 
 
 def resolve_device(config: Config, local_rank=None) -> torch.device:

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from core.config import ConfigError
+from harness.config import ConfigError
 
 REDUCED_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # cuBLAS picks reduction splits at run time unless given a fixed workspace (CUDA docs, "Results

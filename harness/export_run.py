@@ -1,4 +1,4 @@
-"""Export a trained run: what export_onnx.py, demo.py and train.py (`onnx: true`) call. It joins the
+"""Export a trained run: what tools/export_onnx.py, demo.py and train.py (`onnx: true`) call. It joins the
 harness (config, checkpoint) to the deploy/ library, which itself knows nothing of either."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from core.checkpoint_eval import load_network
+from harness.evaluate_run import load_network
 from deploy.onnx_export import REPORT_FILE, export_model
 
 
@@ -17,7 +17,7 @@ def export_run(config, checkpoint_path, out_dir=None, height: Optional[int] = No
     (default onnx/<experiment>). Raises ExportError (one line) after writing the full-precision model
     and the report when a quantizer has no QDQ form.
 
-    The network is rebuilt the way test.py does it (core.checkpoint_eval.load_network): a checkpoint
+    The network is rebuilt the way test.py does it (harness.evaluate_run.load_network): a checkpoint
     with 'quantized': True is prepared with the quant_scheme/special_layer/quantize_output stored in
     its own config and loaded with quant.load_quantized_state; anything else loads as float weights.
     """

@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.ao.quantization import FakeQuantizeBase
 from torch.ao.quantization.observer import ObserverBase
 
-from core.names import nearest, optional_hint
+from helpers.names import nearest, optional_hint
 from quant.prepare import fake_quantizers
 
 FORMAT = "lowlight-qat/quantized-state/v1"

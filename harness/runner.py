@@ -5,7 +5,7 @@ import os
 import warnings
 import sys
 
-from core.config import ConfigError, load_config
+from harness.config import ConfigError, load_config
 
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"

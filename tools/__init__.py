@@ -1,0 +1,1 @@
+"""Secondary command-line tools, each run as `python tools/<name>.py` from the repository root."""
