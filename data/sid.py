@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from helpers.input_kinds import INPUT_KINDS
 from data.raw_cache import (
     RawCache,
     RawInfo,
@@ -32,7 +33,6 @@ MAXIMUM_RATIO = 300.0
 # SID's authors advise leaving these test scenes out of metrics: input and ground truth differ.
 MISALIGNED_SCENES = frozenset({10034, 10045, 10172})
 PROTOCOLS = ("all", "sid", "dble")
-INPUT_KINDS = ("mosaic", "packed")
 LIST_ALIASES = {"train": "Sony_train_list.txt", "val": "Sony_val_list.txt", "test": "Sony_test_list.txt"}
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
 # Models downsample four or five times (DBF/DBLE: 4 pools at full resolution; SID U-Net: packing

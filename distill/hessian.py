@@ -31,7 +31,6 @@ L1 every layer behind DBLE's last channel attention (e.g. `DBLE.dual_conv9.lrelu
 trace of exactly 0. Use an MSE loss (the CLI's default).
 """
 import csv
-import hashlib
 import io
 import math
 from dataclasses import dataclass, asdict
@@ -41,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from helpers.files import write_bytes_atomic, write_text_atomic
+from helpers.hessian_probes import model_input, probe_products, rademacher, to_device
 from distill.features import FeatureTaps, activation_layer_names, merge_layer_names, trace_for_features
 
 
@@ -54,53 +54,6 @@ class LayerTrace:
     elements: int             # elements per sample (C*H*W)
     samples: int              # batches x probes
     rank: int = 0             # 1 = largest trace
-
-
-def _rademacher(shape, seed, batch_index, layer, probe_index):
-    # Each probe has its own seed derived from (seed, batch, layer name, probe): a layer's estimate
-    # then does not depend on which other layers are ranked, in what order, or how probes are
-    # batched. Drawn on the CPU so the same seed gives the same probes on any device.
-    key = hashlib.blake2b(f"{seed}/{batch_index}/{layer}/{probe_index}".encode(), digest_size=8).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
-    return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).to(torch.float32).mul_(2).sub_(1)
-
-
-def _hessian_probe_products(activation, gradient, probes):
-    """v^T H v for each probe v (stacked on dim 0), H = d gradient / d activation."""
-    try:
-        # One vmapped double backward for all probes of the chunk: several times faster than a
-        # loop; memory grows with the chunk (probe_batch).
-        (products,) = torch.autograd.grad(gradient, activation, grad_outputs=probes, retain_graph=True,
-                                          is_grads_batched=True, allow_unused=True)
-    except (RuntimeError, NotImplementedError):
-        # An op without a batching rule for its double backward: one probe at a time.
-        products = [torch.autograd.grad(gradient, activation, grad_outputs=probe, retain_graph=True,
-                                        allow_unused=True)[0] for probe in probes]
-        products = None if products[0] is None else torch.stack(products)
-    if products is None:
-        return [0.0] * len(probes)
-    return (probes * products).flatten(1).sum(1).tolist()
-
-
-def _to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {key: _to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(value, device) for value in batch)
-    return batch
-
-
-def _model_input(batch):
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, dict) and "input" in batch:
-        return batch["input"]
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise ValueError("batch: expected a tensor, a dict with key 'input', or a (input, ...) tuple; "
-                     f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""))
 
 
 def hessian_trace_per_layer(model, layer_names, batches, loss_fn, probes=32, seed=0, device="cpu", progress=True,
@@ -134,8 +87,8 @@ def hessian_trace_per_layer(model, layer_names, batches, loss_fn, probes=32, see
     try:
         with taps:
             for batch_index, batch in enumerate(batches):
-                batch = _to_device(batch, device)
-                inputs = _model_input(batch).detach().requires_grad_(True)
+                batch = to_device(batch, device)
+                inputs = model_input(batch).detach().requires_grad_(True)
                 # The input requires grad so every layer output stays in the graph even when the
                 # parameters are frozen; the weights' own gradients are never computed.
                 outputs = graph(inputs)
@@ -151,9 +104,9 @@ def hessian_trace_per_layer(model, layer_names, batches, loss_fn, probes=32, see
                         if gradient is None or not gradient.requires_grad:
                             estimates[name].extend([0.0] * len(chunk))  # the loss is at most linear here
                             continue
-                        vectors = torch.stack([_rademacher(activation.shape, seed, batch_index, name, index)
+                        vectors = torch.stack([rademacher(activation.shape, seed, batch_index, name, index)
                                                for index in chunk]).to(device=activation.device, dtype=activation.dtype)
-                        estimates[name].extend(_hessian_probe_products(activation, gradient, vectors))
+                        estimates[name].extend(probe_products(activation, gradient, vectors))
                     bar.update(len(chunk))
                 del outputs, loss, activations, gradients
     finally:

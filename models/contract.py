@@ -18,7 +18,7 @@ torch.fx (see models/tracing.py).
 import torch
 import torch.nn as nn
 
-from data.sid import INPUT_KINDS
+from helpers.input_kinds import INPUT_KINDS
 
 OUTPUT_KINDS = (("rgb",), ("mono", "rgb"))
 # Small enough to cost nothing, large enough for 5 poolings of the mosaic (32 pixels -> 1).

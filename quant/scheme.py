@@ -256,3 +256,14 @@ def parse_quant_scheme(data: Any, where: str = "quant_scheme") -> QuantSchemeCon
         return QuantSchemeConfig.model_validate(data)
     except ValidationError as error:
         raise ValueError(one_line_error(error, QuantSchemeConfig, where)) from None
+
+
+def parse_bits_option(text):
+    """The bit widths of a `--bits 4,6,8,10` option (tools/sensitivity.py, tools/allocate.py), sorted."""
+    try:
+        bits = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(f"--bits: expected comma-separated integers such as 4,6,8,10, got {text!r}") from None
+    if not bits or not all(MIN_BITS <= b <= MAX_BITS for b in bits):
+        raise ValueError(f"--bits: {text!r}; every bit width must be between {MIN_BITS} and {MAX_BITS}")
+    return bits

@@ -33,8 +33,8 @@ import torch.nn as nn
 from torch.fx import GraphModule
 from tqdm import tqdm
 
+from helpers.hessian_probes import model_input, probe_products, rademacher, to_device
 from helpers.metrics import psnr
-from distill.hessian import _hessian_probe_products, _model_input, _rademacher, _to_device
 from models import split_outputs
 from quant.cost import measure
 from quant.plan import quant_plan_rows
@@ -248,9 +248,9 @@ def hessian_scores(qmodel: GraphModule, entries: list[QuantizerSensitivity], bat
     try:
         with quantization_frozen(qmodel, fake_quant=False) as quantizers:
             for batch_index, batch in enumerate(batches):
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 captured.clear()
-                inputs = _model_input(batch).detach().requires_grad_(True)
+                inputs = model_input(batch).detach().requires_grad_(True)
                 loss = loss_fn(qmodel(inputs), batch)
                 tensors = [captured[e.quantizer] if e.kind != "weight" else modules[e.layer].weight for e in entries]
                 gradients = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
@@ -269,11 +269,11 @@ def hessian_scores(qmodel: GraphModule, entries: list[QuantizerSensitivity], bat
                             traces[entry.quantizer].extend([0.0] * len(chunk))  # the loss is linear here
                             shaped[entry.quantizer].extend([0.0] * len(chunk))
                             continue
-                        vectors = torch.stack([_rademacher(tensor.shape, seed, batch_index, entry.quantizer, i)
+                        vectors = torch.stack([rademacher(tensor.shape, seed, batch_index, entry.quantizer, i)
                                                for i in chunk]).to(device=tensor.device, dtype=tensor.dtype)
-                        traces[entry.quantizer].extend(_hessian_probe_products(tensor, gradient, vectors))
+                        traces[entry.quantizer].extend(probe_products(tensor, gradient, vectors))
                         shaped[entry.quantizer].extend(
-                            _hessian_probe_products(tensor, gradient, vectors * shapes[entry.quantizer]))
+                            probe_products(tensor, gradient, vectors * shapes[entry.quantizer]))
                     bar.update(len(chunk))
                 del loss, tensors, gradients, shapes
                 captured.clear()

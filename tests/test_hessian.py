@@ -160,7 +160,7 @@ def test_ranking_files(tiny_problem, tmp_path):
 
 
 def test_cli_crop_keeps_bayer_phase_and_packed_alignment():
-    from tools.hessian_rank import center_crop
+    from harness.hessian_inputs import center_crop
     mosaic = {"input": torch.arange(256 * 384.0).view(1, 1, 256, 384), "rgb": torch.zeros(1, 3, 256, 384),
               "mono": torch.zeros(1, 1, 256, 384), "name": "frame"}
     cropped = center_crop(mosaic, 128)

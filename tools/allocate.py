@@ -30,7 +30,7 @@ from helpers.files import read_csv, write_csv_atomic, write_text_atomic
 from harness.runner import run_entry_point
 from quant.allocate import (BUDGET_KINDS, allocate, assignment_cost, candidates_from_rows, special_layer_entries,
                             w8a8_cost)
-from sensitivity import _bits_list
+from quant.scheme import parse_bits_option
 
 
 def hand_bits(config, candidates):
@@ -65,7 +65,7 @@ def parse_arguments(argv):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the --match / --config run config")
     args = parser.parse_args(argv)
-    args.bits = _bits_list(args.bits)
+    args.bits = parse_bits_option(args.bits)
     if args.budget is not None and not args.budget > 0:
         raise ValueError(f"--budget: {args.budget} must be a positive fraction of W8A8")
     return args

@@ -12,33 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<name>.py` finds the packages
 
 from harness.config import ConfigError
-from helpers.files import torch_save_atomic
 from harness.runner import run_entry_point
-from checkpoints.safe_load import load_torch_file
-
-
-def to_safe_types(value):
-    """NumPy's RNG state becomes the dict that checkpoints.training.rng_state writes; other arrays become
-    tensors and NumPy scalars plain numbers."""
-    if isinstance(value, tuple) and len(value) == 5 and value[0] == "MT19937" and isinstance(value[1], np.ndarray):
-        generator, keys, position, has_gauss, cached_gaussian = value
-        return {"generator": generator, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return type(value)((key, to_safe_types(item)) for key, item in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_safe_types(item) for item in value)
-    return value
+from checkpoints.convert import convert_trusted_checkpoint
 
 
 def main(argv=None):
@@ -54,10 +32,8 @@ def main(argv=None):
     if not args.trust:
         raise ConfigError(f"{source}: converting reads the file with the unsafe unpickler, which runs any code "
                           "it holds; pass --trust only for a file from a source you trust")
-    payload = torch.load(source, map_location="cpu", weights_only=False)  # the user vouched for it (--trust)
     target = Path(args.out) if args.out else source
-    torch_save_atomic(to_safe_types(payload), target)
-    load_torch_file(target)  # proves the result loads without the unsafe unpickler
+    convert_trusted_checkpoint(source, target)
     print(f"converted {source} -> {target}; it now loads with weights_only=True")
 
 

@@ -28,36 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<n
 
 from harness.config import ConfigError
 from harness.runner import load_entry_config, run_entry_point
-# Glue to the config and data system (core/): the interface this tool expects from it.
+# Glue to the config and data system (harness/): the interface this tool expects from it.
 from harness.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
 from distill.hessian import rank_layers, ranking_table, write_ranking
-from harness.loss import task_loss
-
-CROP_MULTIPLE = 32  # keeps the Bayer phase (even offsets) and the network's size constraint
-
-
-def ranking_loss(kind, config):
-    """Loss of (network outputs, batch) used for the curvature: the task loss with MSE (default) or L1."""
-    return lambda outputs, batch: task_loss(outputs, batch, config.loss, distance=kind)
-
-
-def center_crop(batch, size):
-    """Cut a size x size window (in target pixels) from the middle of every image of the batch."""
-    if not size:
-        return batch
-    height, width = batch["rgb"].shape[-2:]
-    if size > min(height, width):
-        return batch
-    top = (height - size) // 2 // CROP_MULTIPLE * CROP_MULTIPLE
-    left = (width - size) // 2 // CROP_MULTIPLE * CROP_MULTIPLE
-    cropped = dict(batch)
-    for key, value in batch.items():
-        if torch.is_tensor(value) and value.dim() == 4:
-            # Packed inputs are at half the target resolution.
-            scale = height // value.shape[-2]
-            cropped[key] = value[..., top // scale:(top + size) // scale, left // scale:(left + size) // scale]
-    return cropped
-
+from harness.hessian_inputs import CROP_MULTIPLE, center_crop, ranking_loss
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

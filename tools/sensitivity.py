@@ -40,23 +40,13 @@ import harness.runner
 from harness.config import ConfigError, load_config
 from helpers.files import write_bytes_atomic, write_csv_atomic, write_text_atomic
 from harness.runner import run_entry_point
+from harness.hessian_inputs import CROP_MULTIPLE, center_crop, ranking_loss
 from harness.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
-from hessian_rank import CROP_MULTIPLE, center_crop, ranking_loss
 from quant import calibrate, prepare_quantized_model
-from quant.scheme import MAX_BITS, MIN_BITS
+from quant.scheme import MAX_BITS, MIN_BITS, parse_bits_option
 from quant.sensitivity import csv_rows, describe_quantizers, hessian_scores, plot_png, psnr_drops, rank
 
 MEASURES = ("psnr", "hessian")
-
-
-def _bits_list(text):
-    try:
-        bits = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ValueError(f"--bits: expected comma-separated integers such as 4,6,8,10, got {text!r}") from None
-    if not bits or not all(MIN_BITS <= b <= MAX_BITS for b in bits):
-        raise ValueError(f"--bits: {text!r}; every bit width must be between {MIN_BITS} and {MAX_BITS}")
-    return bits
 
 
 def parse_arguments(argv):
@@ -84,7 +74,7 @@ def parse_arguments(argv):
             raise ValueError(f"--{name.replace('_', '-')}: {getattr(args, name)} must be at least 1")
     if args.crop < 0 or args.crop % CROP_MULTIPLE:
         raise ValueError(f"--crop: {args.crop} must be 0 or a positive multiple of {CROP_MULTIPLE}")
-    args.bits = _bits_list(args.bits)
+    args.bits = parse_bits_option(args.bits)
     for name in ("low", "high"):
         if not MIN_BITS <= getattr(args, name) <= MAX_BITS:
             raise ValueError(f"--{name}: {getattr(args, name)} bits; choose {MIN_BITS}..{MAX_BITS}")
