@@ -14,11 +14,12 @@ import time
 
 from harness.config import load_config
 from harness.runner import run_entry_point
+from sweeps.run import run_sweep
+from sweeps.variants import load_sweep
 
 
 def main(argv):
     started = time.time()
-    import sweep
     import train
 
     teacher_config = load_config("configfile/ablation_teacher.yaml")
@@ -31,7 +32,7 @@ def main(argv):
         train.run(teacher_config, overwrite=True)
 
     print("\n=== 2/2 ablation sweep, 7 variants x 3 seeds (configfile/sweep_ablation.yaml)")
-    sweep.run_sweep(sweep.load_sweep("configfile/sweep_ablation.yaml"))
+    run_sweep(load_sweep("configfile/sweep_ablation.yaml"))
     print(f"ablation finished in {(time.time() - started) / 60:.1f} min")
 
 

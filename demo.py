@@ -17,6 +17,8 @@ from pathlib import Path
 from harness.config import load_config
 from harness.records import format_table
 from harness.runner import run_entry_point
+from sweeps.run import run_sweep, sweep_results_dir
+from sweeps.variants import load_sweep
 
 
 def per_ratio(per_image_csv):
@@ -33,7 +35,6 @@ def per_ratio(per_image_csv):
 
 def main(argv):
     started = time.time()
-    import sweep
     import train
     from harness.export_run import export_run
 
@@ -42,14 +43,14 @@ def main(argv):
     teacher = train.run(teacher_config, overwrite=True)
 
     print("\n=== 2/3 W8A8 PTQ, QAT, QAT with distillation (configfile/demo_sweep.yaml)")
-    demo_sweep = sweep.load_sweep("configfile/demo_sweep.yaml")
+    demo_sweep = load_sweep("configfile/demo_sweep.yaml")
     # A re-run of the demo trains its variants again, from the teacher just trained.
-    shutil.rmtree(sweep.sweep_results_dir(demo_sweep), ignore_errors=True)
-    rows = sweep.run_sweep(demo_sweep)
+    shutil.rmtree(sweep_results_dir(demo_sweep), ignore_errors=True)
+    rows = run_sweep(demo_sweep)
 
     print("\n=== 3/3 ONNX export of the best quantized model")
     best = max((row for row in rows if row["variant"] != "ptq"), key=lambda row: row["best_val_psnr"])
-    variant_dir = sweep.sweep_results_dir(demo_sweep) / best["variant"]
+    variant_dir = sweep_results_dir(demo_sweep) / best["variant"]
     summary = json.loads((variant_dir / "summary.json").read_text())
     variant_config = load_config(variant_dir / "config.yaml", check_files=False)
     export_run(variant_config, summary["checkpoint"], teacher_config.artifacts_dir / "demo_w8a8")
@@ -71,7 +72,7 @@ def main(argv):
     print("\nfull-precision teacher against the naive baseline, per exposure ratio (test split):")
     print(format_table(per_ratio(teacher_config.run_dir / "test_results" / "per_image.csv"),
                        ["ratio", "pairs", "psnr", "baseline_psnr", "ssim", "baseline_ssim"]))
-    print(f"results: {teacher_config.run_dir}, {sweep.sweep_results_dir(demo_sweep)}; "
+    print(f"results: {teacher_config.run_dir}, {sweep_results_dir(demo_sweep)}; "
           f"ONNX: {teacher_config.artifacts_dir / 'demo_w8a8'}")
     print(f"demo finished in {(time.time() - started) / 60:.1f} min")
 

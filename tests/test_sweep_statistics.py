@@ -9,7 +9,7 @@ import yaml
 from scipy import stats
 
 from sweeps.summary import distinguishable, paired_difference
-from sweep import expand, load_sweep
+from sweeps.variants import expand, load_sweep
 from test_sweep import run_sweep_cli
 from test_train import write_run_config
 
@@ -96,7 +96,7 @@ def test_two_seed_sweep_writes_means_std_and_exact_names(synthetic_sid_root, tmp
 
 def test_ablation_sweep_is_seven_variants_times_three_seeds_with_the_users_special_layers(monkeypatch):
     from harness.config import load_config
-    from sweep import _flatten, expand_runs
+    from sweeps.variants import _flatten, expand_runs
     from test_train import REPOSITORY_ROOT
     monkeypatch.chdir(REPOSITORY_ROOT)  # the config files name their bases relative to the repository
     sweep = load_sweep("configfile/sweep_ablation.yaml")
