@@ -14,13 +14,13 @@ import time
 
 from harness.config import load_config
 from harness.runner import run_entry_point
+from harness.training import run as train_run
 from sweeps.run import run_sweep
 from sweeps.variants import load_sweep
 
 
 def main(argv):
     started = time.time()
-    import train
 
     teacher_config = load_config("configfile/ablation_teacher.yaml")
     summary = teacher_config.run_dir / "summary.json"
@@ -29,7 +29,7 @@ def main(argv):
               f"{json.loads(summary.read_text())['test_psnr']:.2f} dB")
     else:
         print("=== 1/2 full-precision teacher (configfile/ablation_teacher.yaml)")
-        train.run(teacher_config, overwrite=True)
+        train_run(teacher_config, overwrite=True)
 
     print("\n=== 2/2 ablation sweep, 7 variants x 3 seeds (configfile/sweep_ablation.yaml)")
     run_sweep(load_sweep("configfile/sweep_ablation.yaml"))

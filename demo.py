@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 from harness.config import load_config
+from harness.export_run import export_run
 from harness.records import format_table
 from harness.runner import run_entry_point
+from harness.training import run as train_run
 from sweeps.run import run_sweep, sweep_results_dir
 from sweeps.variants import load_sweep
 
@@ -35,12 +37,10 @@ def per_ratio(per_image_csv):
 
 def main(argv):
     started = time.time()
-    import train
-    from harness.export_run import export_run
 
     print("=== 1/3 full-precision teacher (configfile/demo_fp.yaml)")
     teacher_config = load_config("configfile/demo_fp.yaml")
-    teacher = train.run(teacher_config, overwrite=True)
+    teacher = train_run(teacher_config, overwrite=True)
 
     print("\n=== 2/3 W8A8 PTQ, QAT, QAT with distillation (configfile/demo_sweep.yaml)")
     demo_sweep = load_sweep("configfile/demo_sweep.yaml")

@@ -35,7 +35,7 @@ from harness.speed import Speed  # noqa: E402
 from data.synthetic import generate_synthetic_sid  # noqa: E402
 from models.dbf_dble import DBFDBLE  # noqa: E402
 from harness.loss import task_loss  # noqa: E402
-from train import batches_for_epoch  # noqa: E402
+from harness.training import batches_for_epoch  # noqa: E402
 
 W8A8_LSQ = {"weight": {"bits": 8}, "activation": {"bits": 8}, "calibration_batches": 1}
 DISTILLED_LAYERS = ["DBLE.dual_conv9.lrelu_dup1", "DBF.DBF_conv9.lrelu_dup1"]

@@ -8,7 +8,9 @@ strings, lists, tuples, dicts), so resume never needs the unsafe unpickler (chec
 import math
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -65,10 +67,34 @@ def restore_training(payload: dict, optimizer, scheduler) -> tuple[int, float, i
     return payload["epoch"] + 1, (-math.inf if best_psnr is None else best_psnr), payload.get("best_epoch")
 
 
+@dataclass
+class TrainState:
+    """What the training loop changes, and what a checkpoint must hold to resume it."""
+    model: torch.nn.Module          # the student as built (float or quantized): its weights are saved
+    network: torch.nn.Module        # what the forward runs: the model behind the DDP / AMP / compile wrappers
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    epoch: int = 0                  # the last finished epoch (0: none yet)
+    best_psnr: float = -math.inf    # the best validation PSNR so far, and its epoch
+    best_epoch: Optional[int] = None
+
+    def restore(self, payload: dict) -> None:
+        """Optimizer, scheduler, epoch, best and the RNG states of a training checkpoint."""
+        next_epoch, self.best_psnr, self.best_epoch = restore_training(payload, self.optimizer, self.scheduler)
+        self.epoch = next_epoch - 1
+
+
 class CheckpointSaver:
-    def __init__(self, folder, keep_best: int = 1, create: bool = True):
+    """The files of one run's checkpoints. Given how to read the model's state (a quantized model has its
+    own, quant/state.py), the saver builds each payload from a TrainState itself and keeps the best."""
+
+    def __init__(self, folder, keep_best: int = 1, create: bool = True, *,
+                 model_state: Callable[[torch.nn.Module], dict] = lambda model: model.state_dict(),
+                 quantized: bool = False, config: Optional[dict] = None,
+                 grad_scaler: Callable[[], Optional[dict]] = lambda: None):
         self.folder = Path(folder)
         self.keep_best = keep_best
+        self.model_state, self.quantized, self.config, self.grad_scaler = model_state, quantized, config, grad_scaler
         if create:
             self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -132,6 +158,24 @@ class CheckpointSaver:
         for _, old in self._best_files()[self.keep_best:]:
             old.unlink(missing_ok=True)
         return path
+
+    def payload(self, state: TrainState, psnr: float, ssim: float) -> dict:
+        return training_payload(model_state=self.model_state(state.model), quantized=self.quantized,
+                                optimizer=state.optimizer, scheduler=state.scheduler, epoch=state.epoch,
+                                config=self.config, psnr=psnr, ssim=ssim, best_psnr=state.best_psnr,
+                                best_epoch=state.best_epoch, grad_scaler=self.grad_scaler())
+
+    def save_if_best(self, state: TrainState, psnr: float, ssim: float) -> bool:
+        """When `psnr` beats the best so far, `state.epoch` becomes the best and is written as such."""
+        if math.isnan(psnr) or psnr <= state.best_psnr:
+            return False
+        state.best_psnr, state.best_epoch = psnr, state.epoch
+        self.save_best(self.payload(state, psnr, ssim), state.epoch, psnr)
+        return True
+
+    def save_epoch(self, state: TrainState, psnr: float, ssim: float) -> Path:
+        """The latest checkpoint, `state` at the end of its epoch."""
+        return self.save_latest(self.payload(state, psnr, ssim), state.epoch)
 
     def drop_after(self, epoch: int) -> None:
         """On resume: best files newer than the resumed epoch belong to lost work."""

@@ -2,8 +2,7 @@
 
 Typical use in quantization-aware training:
     distiller = Distiller(student_qmodel, teacher_model, cfg.distill_config, cfg.distill_coeff, "mse")
-    outputs = student_qmodel(x)
-    distill_total, terms = distiller(x)       # runs the frozen teacher, compares the tapped layers
+    outputs, distill_total, terms = distiller.forward(student_qmodel, x)   # student and frozen teacher
     loss = task_loss + distill_total
 """
 from distill.features import (FeatureTaps, activation_layer_names, called_module_names, check_same_architecture,

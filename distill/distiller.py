@@ -7,8 +7,10 @@ from distill.loss import DistillationLoss
 
 
 class Distiller:
-    """`distiller(inputs)` after the student's forward on `inputs` runs the teacher and returns
-    (sum of coefficient x feature loss, {layer: unweighted term})."""
+    """`distiller.forward(network, inputs)` runs the student (`network`, the tapped student or a wrapper
+    of it) and the frozen teacher on `inputs` and returns (the student's outputs, sum of coefficient x
+    feature loss, {layer: unweighted term}). `distiller(inputs)` is the older form: it compares with the
+    features of the student's last forward, which must have been on the same `inputs`."""
 
     def __init__(self, student, teacher, layer_names, coefficients, feature_loss="mse", extra_layer_names=()):
         self.teacher = prepare_teacher(teacher)
@@ -20,6 +22,13 @@ class Distiller:
     def to(self, device):
         self.teacher.to(device)
         return self
+
+    def forward(self, network, inputs):
+        outputs, student_features = self.student_taps.capture(network, inputs)
+        with torch.no_grad():
+            _, teacher_features = self.teacher_taps.capture(self.teacher, inputs)
+        total, terms = self.loss(student_features, teacher_features)
+        return outputs, total, terms
 
     def __call__(self, inputs):
         with torch.no_grad():

@@ -234,6 +234,12 @@ class FeatureTaps:
             self.outputs[name] = output
         return record
 
+    def capture(self, forward, inputs):
+        """Runs `forward(inputs)` (the tapped model, or a wrapper of it such as DDP) and returns
+        (its result, {layer: tensor} of that very forward): the features come with the call that made them."""
+        result = forward(inputs)
+        return result, dict(self.outputs)
+
     def remove(self):
         for handle in self._handles:
             handle.remove()

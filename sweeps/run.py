@@ -8,6 +8,7 @@ import yaml
 
 from harness.config import load_config
 from harness.records import format_table
+from harness.training import run as train_run
 from helpers.files import write_text_atomic
 from sweeps import slurm
 from sweeps.plots import SWEEP_FIGURES
@@ -17,13 +18,12 @@ from sweeps.variants import SweepConfig, expand, expand_runs, variant_config
 
 def run_variant(config) -> dict:
     """Train one variant: skip it when finished, resume it when interrupted."""
-    import train
     summary_path = config.run_dir / "summary.json"
     if summary_path.exists():
         print(f"variant {config.experiment}: finished earlier, skipped")
         return json.loads(summary_path.read_text())
     resume = any((config.run_dir / "checkpoints").glob("latest_epoch*.pth"))
-    return train.run(config, resume=resume, overwrite=not resume)
+    return train_run(config, resume=resume, overwrite=not resume)
 
 
 def sweep_results_dir(sweep: SweepConfig) -> Path:

@@ -14,7 +14,7 @@ from data.raw_cache import RawCache
 from data.sid import SIDTrainDataset, read_list
 from models.dbf_dble import DBFDBLE
 from harness.loss import task_loss
-from train import batches_for_epoch
+from harness.training import batches_for_epoch
 
 
 def train_dataset(root, cache_dir, input_kind="mosaic"):
