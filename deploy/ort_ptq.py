@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from deploy.onnx_export import INPUT_NAME
+from deploy.onnx_build import INPUT_NAME
 
 # (bits, signed) -> onnxruntime QuantType name; 4-bit activations have no onnxruntime kernels, but
 # QDQ with 4-bit types is valid ONNX (opset 21) and runs, so the same bits as a QAT run can be asked.

@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from harness.evaluate_run import load_network
-from deploy.onnx_export import REPORT_FILE, export_model
+from deploy.onnx_export import export_model
+from deploy.onnx_report import REPORT_FILE
 
 
 def export_run(config, checkpoint_path, out_dir=None, height: Optional[int] = None, width: Optional[int] = None,
@@ -50,7 +51,7 @@ def format_summary(report: dict, out_dir) -> str:
             floor = checks.get("float_noise_floor_db", {})
             lowered = {name: value for name, value in checks.get("effective_target_db", {}).items()
                        if value != checks.get("psnr_target_db")}
-            if lowered:  # the model itself moves that much under float rounding (deploy.onnx_export.float_noise_db)
+            if lowered:  # the model itself moves that much under float rounding (deploy.onnx_verify.float_noise_db)
                 measure += ("; lowered to " + ", ".join(f"{name} {_db(value)}" for name, value in lowered.items()) +
                             " by the model's own float noise floor (PyTorch against itself, convolutions summed in another order): " +
                             ", ".join(f"{name} {_db(floor[name])}" for name in lowered))

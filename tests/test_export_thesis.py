@@ -77,7 +77,7 @@ def test_thesis_config_passes_the_export_check_at_several_sizes(tmp_path):
 
 
 def test_float_noise_floor_lowers_the_target_only_for_models_that_amplify_rounding():
-    from deploy.onnx_export import FLOAT_NOISE_MARGIN_DB, psnr_targets
+    from deploy.onnx_verify import FLOAT_NOISE_MARGIN_DB, psnr_targets
     # The trained thesis model: PyTorch against itself moved mono by 31.2 dB on one of the inputs.
     floor, targets = psnr_targets([{"mono": 139.0, "rgb": 88.2}, {"mono": 31.2, "rgb": 90.0}], 40.0)
     assert floor == {"mono": 31.2, "rgb": 88.2}

@@ -1,0 +1,155 @@
+"""Checking an exported graph: the ONNX checker, onnxruntime against PyTorch on several input shapes,
+the model's own float noise floor that the QDQ graph is judged against, and the first layer where
+the runtimes part ways."""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Optional
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from deploy.quantizers import QuantSpec, fake_quantizers
+from deploy.onnx_build import INPUT_NAME, _as_tuple
+
+# QDQ may differ from a quantizer on exact rounding ties and x/s vs x*(1/s): a handful of elements.
+MISMATCH_LIMIT = 1e-3
+# How far below the model's own float noise floor (see float_noise_db) onnxruntime may land: 6 dB is
+# 4x the mean squared difference that summing in another order makes in PyTorch itself.
+FLOAT_NOISE_MARGIN_DB = 6.0
+
+# ----------------------------------------------------------------------------- checks
+
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    # The checks feed two input sizes to one session; the memory-pattern planner then warns about
+    # buffers it cannot reuse, which is expected with dynamic shapes, not a fault.
+    options.enable_mem_pattern = False
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _check_shapes(example_hw) -> list[tuple[int, int, int]]:
+    height, width = example_hw
+    # Batch, height and width all change from run to run, so one session proves all three dynamic,
+    # and a check never passes on one tiny sample: at 4 bits the number of elements whose rounding
+    # depends on float summation order grows with the input (see `first_divergence`).
+    return [(1, height, width), (2, height + 32, width + 64), (3, 2 * height, width + 32)]
+
+
+def _activation_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Quantizer name -> the tensor its (first) DequantizeLinear writes, for activation quantizers."""
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.name.endswith("/DequantizeLinear") and "#" not in node.name:
+            name = node.name[:-len("/DequantizeLinear")]
+            if node.input[0].endswith("/quantized"):  # weights dequantize an initializer instead
+                found[name] = node.output[0]
+    return found
+
+
+def first_divergence(model: onnx.ModelProto, reference: torch.nn.Module, specs: list[QuantSpec],
+                     x: torch.Tensor) -> Optional[dict]:
+    """Where onnxruntime's QDQ graph first departs from the fake-quantized PyTorch model on input x:
+    the first activation quantizer (in graph order) whose dequantized output differs, with how many
+    elements differ and by how many quantization steps at most; None when every quantizer agrees.
+
+    Both sides quantize with the same scale and zero point, so a difference there means the
+    quantizer's *input* differed by float rounding (the two runtimes sum convolutions in different
+    orders) and an element near a rounding boundary went the other way. At 4 bits one such flip is
+    1/15 of the range and propagates; this names the quantizer where it starts.
+    The graph runs unoptimized here (DequantizeLinear outputs must stay visible)."""
+    import onnxruntime as ort
+    outputs = _activation_outputs(model)
+    probe = copy.deepcopy(model)
+    present = {o.name for o in probe.graph.output}
+    for tensor in outputs.values():
+        if tensor not in present:
+            probe.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {INPUT_NAME: x.numpy()})))
+    seen, hooks = {}, []
+
+    def keep(name, output):
+        seen.setdefault(name, output.detach().float().numpy())  # first call, like the first DequantizeLinear
+
+    modules = dict(fake_quantizers(reference))
+    for name in outputs:
+        if name in modules:
+            hooks.append(modules[name].register_forward_hook(lambda m, a, o, name=name: keep(name, o)))
+    try:
+        with torch.no_grad():
+            reference(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    steps = {s.name: float(np.max(s.scale)) for s in specs if s.enabled}
+    for name, tensor in outputs.items():
+        if name not in seen or seen[name].shape != got[tensor].shape:
+            continue
+        difference = np.abs(seen[name] - got[tensor])
+        step = steps.get(name, 1.0)
+        differing = int((difference > 0.5 * step).sum())
+        if differing:
+            return {"quantizer": name, "bits": next((s.bits for s in specs if s.name == name), None),
+                    "elements": differing, "fraction": differing / difference.size,
+                    "max_steps": round(float(difference.max()) / step, 2)}
+    return None
+
+
+def float_noise_db(reference: torch.nn.Module, x: torch.Tensor, expected: list) -> list[float]:
+    """Per output, the PSNR between the fake-quantized model and itself summed in another order: the
+    same float32 model in PyTorch with oneDNN off, so that its convolutions run PyTorch's other CPU
+    algorithm (im2col and GEMM). That is what any other runtime does (onnxruntime, another CPU, cuDNN).
+
+    A low-bit network can amplify such a difference: a value within a float rounding of a quantizer's
+    tie lands on the other side, and the 4-bit layers after it turn that one step into 1/15 of their
+    range, which spreads. The trained thesis model (W4A4 + 10-bit layers) moved by 31 dB on its mono
+    output between PyTorch's two convolution algorithms, on the very input where onnxruntime moved by
+    31 dB; no runtime can agree with PyTorch better than PyTorch agrees with itself. W8A8 models move
+    far less (the demo's trained one 44 dB, onnxruntime 43 dB; the tests' narrow one above 60 dB).
+    Where oneDNN is not PyTorch's CPU path the two runs are the same computation: the floor is then
+    infinite and changes nothing."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch notes on switching oneDNN about Intel GPUs it lacks
+        with torch.backends.mkldnn.flags(enabled=False):
+            other = [t.numpy() for t in _as_tuple(reference(x))]
+    return [psnr_db(e, o) for e, o in zip(expected, other)]
+
+
+def psnr_targets(noise_runs: list[dict], psnr_target: float) -> tuple[dict, dict]:
+    """(floor, target) per output from each check input's float_noise_db: the floor is the lowest over
+    all inputs (whether a rounding difference lands on a quantizer's tie is chance, so one input may
+    show none in PyTorch and one in onnxruntime), and the target is psnr_target unless the floor
+    minus FLOAT_NOISE_MARGIN_DB is lower."""
+    floor = {name: min(run[name] for run in noise_runs) for name in noise_runs[0]}
+    return floor, {name: min(psnr_target, value - FLOAT_NOISE_MARGIN_DB) for name, value in floor.items()}
+
+
+def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR with the reference output's own range as peak: random or untrained networks may output
+    a range far from [0, 1], where a fixed peak of 1 would flatter or punish."""
+    mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
+    peak = float(reference.max() - reference.min()) or 1.0
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def _checker(model: onnx.ModelProto) -> dict:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return {"ok": True}
+    except Exception as error:  # noqa: BLE001 - the checker's message is the result
+        return {"ok": False, "error": str(error).strip().splitlines()[0]}
+
+
+def _finite(value: float):
+    return value if math.isfinite(value) else "inf"
