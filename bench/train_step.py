@@ -47,7 +47,7 @@ def synchronize(device):
 
 
 class Variant:
-    """One network set-up with its optimizer, stepping like train.py's loop."""
+    """One network set-up with its optimizer, stepping like the training loop (harness/training.py)."""
 
     def __init__(self, kind, config, device, batch):
         torch.manual_seed(0)

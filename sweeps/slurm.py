@@ -261,7 +261,7 @@ def failures(finished) -> list[str]:
 
 
 def _has_test_report(summary_path: Path) -> bool:
-    """train.finish writes summary.json twice: the test metrics come with the second, last write."""
+    """harness.training.finish writes summary.json twice: the test metrics come with the second, last write."""
     try:
         return "test_psnr" in json.loads(Path(summary_path).read_text())
     except (OSError, ValueError):
