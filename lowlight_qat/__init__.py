@@ -97,9 +97,10 @@ def calibrate(qmodel: nn.Module, batches: Iterable, num_batches: Optional[int] =
 def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str], coefficients=0.1,
                         feature_loss: str = "mse") -> Distiller:
     """Taps on `layers` of the quantized student and of the float teacher (which is traced, frozen and
-    moved to the student's device) and their weighted feature loss (distill/distiller.py). After
-    `student(x)`, `distillation(x)` returns (total, {layer: distance}). `coefficients`: one number
-    for every layer or one per layer."""
+    moved to the student's device) and their weighted feature loss (distill/distiller.py).
+    `distillation.forward(student, x)` runs both networks and returns (student outputs, total,
+    {layer: distance}); the older form, `distillation(x)` after `student(x)`, returns (total, {layer:
+    distance}). `coefficients`: one number for every layer or one per layer."""
     layers = list(layers)
     if isinstance(coefficients, numbers.Real):
         coefficients = [float(coefficients)] * len(layers)

@@ -220,3 +220,24 @@ def test_loss_kinds():
     assert feature_distance(scaled, teacher, "scale_invariant") < 1e-10
     assert feature_distance(scaled, teacher, "mse") > 0.1
     assert feature_distance(-teacher, teacher, "scale_invariant") == pytest.approx(4.0)
+
+
+def test_distiller_forward_runs_student_and_teacher_in_one_call(pair, batch):
+    """`Distiller.forward(network, x)` gives the student's outputs and the same distillation term as
+    the two-call form (`network(x)` then `distiller(x)`), and its gradient reaches the student."""
+    from distill import Distiller
+    student, teacher_model = pair
+    distiller = Distiller(student, teacher_model, DEFAULT_LAYERS, [0.1, 0.1])
+    try:
+        outputs, total, terms = distiller.forward(student, batch)
+        expected_outputs = student(batch)
+        expected_total, expected_terms = distiller(batch)
+        assert all(torch.equal(a, b) for a, b in zip(outputs, expected_outputs))
+        assert torch.equal(total, expected_total) and total.item() > 0
+        assert terms.keys() == expected_terms.keys() == set(DEFAULT_LAYERS)
+        student.zero_grad(set_to_none=True)
+        total.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    finally:
+        distiller.student_taps.remove()
+        distiller.teacher_taps.remove()

@@ -7,6 +7,9 @@ A package may import itself and any package on a lower floor, never a neighbour 
 (models/ and data/ know nothing of each other). Every import counts, including those inside
 functions. The test reads the source (ast), so it also checks branches merged after the layout."""
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,13 @@ def test_a_script_importing_a_script_is_caught(tmp_path, monkeypatch, script, so
     (tmp_path / "tools").mkdir()
     (tmp_path / script).write_text(source)
     assert any("a script" in problem for problem in violations(Path(script)))
+
+
+@pytest.mark.parametrize("tool", ["sensitivity", "allocate", "hessian_rank", "ptq", "export_onnx", "convert_checkpoint"])
+def test_tools_run_from_the_repository_root(tool):
+    """`python tools/<name>.py` finds the packages by itself (no PYTHONPATH, no install)."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, f"tools/{tool}.py", "--help"], cwd=REPOSITORY_ROOT, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: {tool}.py")
