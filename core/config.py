@@ -51,10 +51,10 @@ class DataConfig(Section):
     cache_dir: Optional[str] = None  # decoded-raw cache; default <root>/.decoded_cache
     patch_size: int = 512  # training crop, in raw pixels
     flip: bool = True  # random flips of training crops
-    transpose: bool = False  # random transposes of training crops
+    transpose: bool = False
     # auto: from the CPUs this process may use (core/setup.py: loader_workers); 0 = load in-process.
     num_workers: Union[int, Literal["auto"]] = "auto"
-    decode_workers: int = 2  # processes decoding raw files into the cache
+    decode_workers: int = 2
     # all: every pair of train_list; dble: the DBF/DBLE authors' 181 pairs (data/sid.py select_training_pairs)
     train_protocol: Literal["all", "dble"] = "all"
     # all: every pair; sid: the 93 `_00` pairs; dble: the authors' 50 `_00_0.1s` pairs
@@ -222,8 +222,8 @@ class Config(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N ; auto = CUDA (gpu_id) when present, else CPU
     seed: int = 0  # data order, crops and initialisation
     allow_random_init: bool = False  # quantized training from random weights is refused unless true
-    quantize_output: bool = False  # also quantize the network outputs
-    # Reproducible CUDA runs (core/speed.py: make_deterministic); costs speed, see docs/performance.md.
+    quantize_output: bool = False
+    # Reproducible CUDA runs (core/speed.py: make_deterministic); costs speed, see README.
     deterministic: bool = False
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     data: DataConfig = Field(default_factory=DataConfig)
