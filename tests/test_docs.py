@@ -421,3 +421,38 @@ def test_demo_table_in_readme_matches_what_demo_prints(debug_demo_output):
     regenerated_columns, regenerated_rows = tables.parse_markdown_table(body)
     assert regenerated_columns == printed_columns and len(regenerated_rows) == len(printed_rows)
     assert PROVENANCE.search(body) and SHA.search(PROVENANCE.search(body)["rest"])
+
+
+def test_docs_tables_latency_and_unseen_tables_from_their_outputs():
+    tables = load_tool("docs_tables")
+    rows = [{"model": "fp32", "file_mb": 60.1, "median_ms": 280.0, "min_ms": 270.0, "execution": "float",
+             "kernel_ms_by_op": {"Conv": 211.0, "ConvTranspose": 13.0}},
+            {"model": "harness QDQ w8a8, snpe", "file_mb": 15.3, "median_ms": 140.0, "min_ms": 122.0,
+             "execution": "QLinearConv 65 of 65", "kernel_ms_by_op": {"QLinearConv": 84.0}}]
+    body = tables.latency_body(rows, "*Measured*")
+    columns, parsed = tables.parse_markdown_table(body)
+    assert [row["vs FP32"] for row in parsed] == ["1.00x", "2.00x"]
+    assert parsed[1]["ms median (min)"] == "140 (122)" and "Fastest quantized model: harness QDQ w8a8, snpe, 2.00x" in body
+    assert "- fp32: 224 ms, of which Conv 211, ConvTranspose 13" in body
+
+    summary = [{"ratio": "x100", "pairs": "6", "psnr": "18.6", "baseline_psnr": "16.6", "ssim": "0.6", "baseline_ssim": "0.26"},
+               {"ratio": "x300", "pairs": "6", "psnr": "12.0", "baseline_psnr": "12.1", "ssim": "0.5", "baseline_ssim": "0.14"}]
+    body = tables.unseen_body(summary, "*Measured*")
+    _, parsed = tables.parse_markdown_table(body)
+    assert [row["teacher PSNR (dB)"] for row in parsed] == ["18.60", "12.00"]
+    assert "does not beat the naive baseline at: x300" in body
+
+
+def test_printed_tables_parse_like_format_table_writes_them():
+    try:
+        from harness.records import format_table
+    except ImportError:
+        from core.records import format_table
+    tables = load_tool("docs_tables")
+    rows = [{"model": "naive baseline (amplified short exposure)", "PSNR (dB)": 15.1, "vs PTQ (dB, 95% CI)": ""},
+            {"model": "W8A8 QAT", "PSNR (dB)": 20.9, "vs PTQ (dB, 95% CI)": "+0.64 [+0.32, +0.95]"}]
+    printed = "=== demo summary (test split)\n" + format_table(rows, ["model", "PSNR (dB)", "vs PTQ (dB, 95% CI)"]) + "\nmore\n"
+    columns, parsed = tables.demo_table(printed)
+    assert columns == ["model", "PSNR (dB)", "vs PTQ (dB, 95% CI)"]
+    assert parsed[0]["vs PTQ (dB, 95% CI)"] == "-" and parsed[1]["vs PTQ (dB, 95% CI)"] == "+0.64 [+0.32, +0.95]"
+    assert "- W8A8 QAT against PTQ: +0.64 dB [+0.32, +0.95], distinguishable" in tables.demo_body(printed, "*M*")

@@ -12,9 +12,12 @@ everything between the markers is replaced. What each table runs and reads:
 - ablation: `ablation.py` after removing its earlier teacher and sweep results (otherwise finished runs
             of older code would be reused); results/sweep_ablation/summary.md and its per-ratio figure,
             copied to docs/ablation_test_psnr_per_ratio.png;
-- latency:  `bench/onnx_latency.py --runs 20 --json results/docs_tables/latency.json`;
-- unseen:   `bench/unseen_photos.py --checkpoint onnx/demo_fp.pth` (after demo: the teacher it trains);
-            results/unseen_photos/summary.csv.
+- latency:  `bench/onnx_latency.py --runs 20 --profile --json results/docs_tables/latency.json`;
+- unseen:   `bench/unseen_photos.py --checkpoint onnx/demo_fp.pth` (after demo: the teacher it trains;
+            needs scikit-learn); results/unseen_photos/summary.csv.
+
+Each region is written as soon as its command has finished, so a failure later keeps the tables done
+before it; a missing prerequisite stops the run before anything starts.
 
 The conclusions written under each table are derived from the numbers (an interval that excludes 0 is
 "distinguishable"), so they cannot disagree with the table they sit under.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -38,6 +42,12 @@ LOGS = Path("results/docs_tables")
 TABLES = ("demo", "ablation", "latency", "unseen")
 REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 INTERVAL = re.compile(r"^(?P<d>[+-]?\d+(?:\.\d+)?)\s*\[(?P<low>[+-]?\d+(?:\.\d+)?),\s*(?P<high>[+-]?\d+(?:\.\d+)?)\]$")
+
+
+def stop(message: str, status: int = 2):
+    """One line and a non-zero exit (2: missing input; 1: a command failed), as the entry points do."""
+    print(f"docs_tables: {message}", file=sys.stderr)
+    raise SystemExit(status)
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -114,7 +124,7 @@ def write_regions(bodies: dict[str, str], root: Path = REPOSITORY_ROOT) -> list[
             path.write_text(new)
     missing = set(bodies) - found
     if missing:
-        raise SystemExit(f"docs_tables: no region for {sorted(missing)} in README.md or docs/")
+        stop(f"no region for {sorted(missing)} in README.md or docs/")
     return written
 
 
@@ -220,8 +230,14 @@ def latency_body(rows: list[dict], stamp: str) -> str:
     summary = (f"Fastest quantized model: {fastest['model']}, {fp32 / fastest['median_ms']:.2f}x FP32. Latency on a "
                "shared machine moves by tens of percent from hour to hour; compare rows of one run."
                if fastest else "")
+    profiles = [f"- {row['model']}: {sum(row['kernel_ms_by_op'].values()):.0f} ms, of which "
+                + ", ".join(f"{op} {ms:.0f}" for op, ms in list(row["kernel_ms_by_op"].items())[:4])
+                for row in rows if row.get("kernel_ms_by_op")]
+    if profiles:
+        profiles.insert(0, "Kernel time per run by op type (onnxruntime's profiler; the rest of a run is "
+                           "scheduling and memory):")
     return "\n".join([stamp, "", "1x1x512x512 input, full width, median (min) of 20 runs interleaved across models:",
-                      "", markdown_table(list(table[0]), table), "", summary])
+                      "", markdown_table(list(table[0]), table), "", summary, *([""] + profiles if profiles else [])])
 
 
 def unseen_body(summary_rows: list[dict], stamp: str) -> str:
@@ -253,7 +269,7 @@ def run(command: list[str], log: Path | None = None) -> str:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(output)
     if process.wait():
-        raise SystemExit(f"docs_tables: `{' '.join(command)}` exited {process.returncode}; the docs are unchanged")
+        stop(f"`{' '.join(command)}` exited {process.returncode}; its table is unchanged", 1)
     return output
 
 
@@ -271,7 +287,26 @@ def clear_ablation_results() -> None:
         (REPOSITORY_ROOT / teacher.artifacts_dir / f"{teacher.experiment}{suffix}").unlink(missing_ok=True)
 
 
-def regenerate(names: list[str], from_logs: bool) -> dict[str, str]:
+def check_prerequisites(names: list[str], from_logs: bool) -> None:
+    """Stop before 40 minutes of work, not after, when a table cannot be made."""
+    logs = REPOSITORY_ROOT / LOGS
+    needed = {"demo": logs / "demo.log", "ablation": REPOSITORY_ROOT / "results/sweep_ablation/summary.md",
+              "latency": logs / "latency.json", "unseen": REPOSITORY_ROOT / "results/unseen_photos/summary.csv"}
+    if from_logs:
+        missing = [f"{name} ({needed[name].relative_to(REPOSITORY_ROOT)})" for name in names if not needed[name].exists()]
+        if missing:
+            stop(f"--from-logs: no saved output for {', '.join(missing)}; run without --from-logs")
+        return
+    if "unseen" in names and importlib.util.find_spec("sklearn") is None:
+        stop('the unseen-photo table needs scikit-learn (its photos): '
+             'pip install "scikit-learn>=1.3,<2", or leave it out with --only demo ablation latency')
+    if "unseen" in names and "demo" not in names and not (REPOSITORY_ROOT / "onnx/demo_fp.pth").exists():
+        stop("the unseen-photo table scores onnx/demo_fp.pth, which make demo trains; add demo to --only")
+
+
+def regenerate(names: list[str], from_logs: bool, write=None) -> dict[str, str]:
+    """Run the commands behind `names` and turn their output into region bodies; `write(name, body)` is
+    called as each one is ready."""
     logs = REPOSITORY_ROOT / LOGS
     bodies = {}
     for name in names:
@@ -290,9 +325,9 @@ def regenerate(names: list[str], from_logs: bool) -> dict[str, str]:
             if figure.exists():
                 shutil.copyfile(figure, REPOSITORY_ROOT / "docs/ablation_test_psnr_per_ratio.png")
         elif name == "latency":
-            command = "python bench/onnx_latency.py --runs 20"
+            command = "python bench/onnx_latency.py --runs 20 --profile"
             if not from_logs:
-                run(["bench/onnx_latency.py", "--runs", "20", "--json", str(LOGS / "latency.json")],
+                run(["bench/onnx_latency.py", "--runs", "20", "--profile", "--json", str(LOGS / "latency.json")],
                     logs / "latency.log")
             bodies[name] = latency_body(json.loads((logs / "latency.json").read_text()),
                                         stamp(command, logs / "latency.json", from_logs))
@@ -302,6 +337,8 @@ def regenerate(names: list[str], from_logs: bool) -> dict[str, str]:
                 run(["bench/unseen_photos.py", "--checkpoint", "onnx/demo_fp.pth"], logs / "unseen.log")
             summary = REPOSITORY_ROOT / "results/unseen_photos/summary.csv"
             bodies[name] = unseen_body(list(csv.DictReader(summary.open())), stamp(command, summary, from_logs))
+        if write is not None:
+            write(name, bodies[name])
     return bodies
 
 
@@ -318,9 +355,13 @@ def main(argv=None) -> int:
                         help=f"run nothing; rewrite from the output saved in {LOGS} and the results folders")
     arguments = parser.parse_args(argv)
     names = [name for name in TABLES if name in arguments.only]  # demo before unseen: unseen scores its teacher
-    bodies = regenerate(names, arguments.from_logs)
-    for line in write_regions(bodies):
-        print(f"rewrote {line}")
+    check_prerequisites(names, arguments.from_logs)
+
+    def write(name, body):
+        for line in write_regions({name: body}):
+            print(f"rewrote {line}", flush=True)
+
+    regenerate(names, arguments.from_logs, write)
     print("check the conclusions in the prose around the tables, then commit the docs with the code that moved them")
     return 0
 
