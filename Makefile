@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-.PHONY: setup demo test bench clean ablation docs-tables docs-config
+.PHONY: setup demo test bench clean ablation
 setup: $(VENV)/.installed
 
 demo: setup
@@ -25,16 +25,6 @@ ablation: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# Rerun the commands behind the docs' measured tables (demo, ablation, latency, unseen photos; about
-# 40 min on 2 quiet cores) and rewrite them, with date, commit and machine (docs/README.md).
-docs-tables: setup
-	$(PY) -m pip install -q "scikit-learn>=1.3,<2"   # the unseen-photo table's photos; not a harness requirement
-	$(PY) tools/docs_tables.py
-
-# Regenerate docs/config.md from the config schema (tests/test_docs.py fails when it is out of date).
-docs-config: setup
-	$(PY) tools/config_reference.py
-
 bench: setup
 	$(PY) bench/data_throughput.py
 	$(PY) bench/qat_step.py
@@ -44,3 +34,14 @@ bench: setup
 
 clean:
 	rm -rf results data/synthetic_sid
+
+# Rerun the commands behind the docs' measured tables (demo, ablation, latency, unseen photos; about
+# 40 min on 2 quiet cores) and rewrite them, with date, commit and machine (docs/README.md).
+.PHONY: docs-tables docs-config
+docs-tables: setup
+	$(PY) -m pip install -q "scikit-learn>=1.3,<2"   # the unseen-photo table's photos; not a harness requirement
+	$(PY) tools/docs_tables.py
+
+# Regenerate docs/config.md from the config schema (tests/test_docs.py fails when it is out of date).
+docs-config: setup
+	$(PY) tools/config_reference.py

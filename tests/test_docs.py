@@ -298,6 +298,16 @@ def sections(path: Path) -> list[tuple[int, list[str]]]:
     return parts
 
 
+NUMBER = r"[+-]?\d+(?:\.\d+)?"
+MEASUREMENT = re.compile(rf"{NUMBER}(?:x| ?%)?(?: *(?:±|/) *{NUMBER})?(?: *\({NUMBER}\))?(?: *\[{NUMBER}, *{NUMBER}\])?")
+
+
+def measured_cell(cell: str) -> bool:
+    """A table cell that is a measurement: a decimal number, possibly with ± spread, (min), [CI], x or %."""
+    text = cell.replace("*", "").strip()
+    return "." in text and MEASUREMENT.fullmatch(text) is not None
+
+
 def test_every_measured_table_and_figure_states_date_commit_and_machine():
     unstated = []
     for path in DOCUMENTS:
@@ -305,7 +315,8 @@ def test_every_measured_table_and_figure_states_date_commit_and_machine():
             continue  # defaults, not measurements
         for start, lines in sections(path):
             text = "\n".join(lines)
-            measured_table = any(line.startswith("|") and re.search(r"\d+\.\d+", line) for line in lines)
+            measured_table = any(measured_cell(cell) for line in lines if line.startswith("|")
+                                 for cell in line.strip().strip("|").split("|"))
             figure = re.search(r"!\[[^\]]*\]\([^)]+\.png\)", text)
             if not (measured_table or figure):
                 continue
