@@ -467,3 +467,42 @@ def test_printed_tables_parse_like_format_table_writes_them():
     assert columns == ["model", "PSNR (dB)", "vs PTQ (dB, 95% CI)"]
     assert parsed[0]["vs PTQ (dB, 95% CI)"] == "-" and parsed[1]["vs PTQ (dB, 95% CI)"] == "+0.64 [+0.32, +0.95]"
     assert "- W8A8 QAT against PTQ: +0.64 dB [+0.32, +0.95], distinguishable" in tables.demo_body(printed, "*M*")
+
+
+def test_docs_tables_from_saved_output_rewrites_every_region(tmp_path, monkeypatch):
+    """`--from-logs`: the whole path from saved command output to rewritten documents, nothing run."""
+    try:
+        from harness.records import format_table
+    except ImportError:
+        from core.records import format_table
+    tables = load_tool("docs_tables")
+    monkeypatch.setattr(tables, "REPOSITORY_ROOT", tmp_path)
+    logs = tmp_path / "results" / "docs_tables"
+    logs.mkdir(parents=True)
+    demo_rows = [{"model": "full precision (teacher)", "PSNR (dB)": 20.29, "vs PTQ (dB, 95% CI)": ""},
+                 {"model": "W8A8 QAT", "PSNR (dB)": 20.9, "vs PTQ (dB, 95% CI)": "+0.64 [+0.32, +0.95]"}]
+    (logs / "demo.log").write_text("=== demo summary\n" + format_table(demo_rows, list(demo_rows[0])))
+    (logs / "latency.json").write_text('[{"model": "fp32", "file_mb": 60.1, "median_ms": 280.0, "min_ms": 270.0}]')
+    sweep = tmp_path / "results" / "sweep_ablation"
+    sweep.mkdir(parents=True)
+    (sweep / "summary.md").write_text("# Sweep\n\n| variant | test PSNR | reference | Δ test PSNR [95% CI] |\n|---|---|---|---|\n"
+                                      "| fp | 20.95 ± 0.09 | | |\n| w4 | 20.48 ± 0.10 | fp | -0.471 [-1.090, +0.150] |\n")
+    (sweep / "test_psnr_per_ratio.png").write_bytes(b"\x89PNG new figure")
+    (tmp_path / "results" / "unseen_photos").mkdir()
+    (tmp_path / "results" / "unseen_photos" / "summary.csv").write_text(
+        "ratio,pairs,psnr,baseline_psnr,ssim,baseline_ssim\nall,18,18.0,13.9,0.54,0.18\n")
+    (tmp_path / "docs").mkdir()
+    region = lambda name: f"<!-- table:{name} -->\nstale\n<!-- /table -->\n"  # noqa: E731
+    (tmp_path / "README.md").write_text("# r\n" + region("demo") + "![f](docs/a.png)\n" + region("ablation-figure"))
+    (tmp_path / "docs" / "t.md").write_text("# t\n" + region("ablation") + region("latency") + region("unseen"))
+
+    assert tables.main(["--from-logs"]) == 0
+
+    readme, topic = (tmp_path / "README.md").read_text(), (tmp_path / "docs" / "t.md").read_text()
+    assert "stale" not in readme and "stale" not in topic
+    assert "| W8A8 QAT | 20.9000 | +0.64 [+0.32, +0.95] |" in readme
+    assert "`w4` against `fp`: -0.47 dB [-1.09, +0.15], not distinguishable" in topic
+    assert "| fp32 | 60.1 | 280 (270) | 1.00x |" in topic and "| all | 18 | 18.00 | 13.90 | 0.540 | 0.180 |" in topic
+    assert (tmp_path / "docs" / "ablation_test_psnr_per_ratio.png").read_bytes() == b"\x89PNG new figure"
+    for body in [*tables.regions(readme).values(), *tables.regions(topic).values()]:
+        assert PROVENANCE.search(body), body  # every rewritten region says when, where and from what

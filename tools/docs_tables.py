@@ -11,7 +11,7 @@ everything between the markers is replaced. What each table runs and reads:
 - demo:     `demo.py`; the summary table it prints (saved as results/docs_tables/demo.log);
 - ablation: `ablation.py` after removing its earlier teacher and sweep results (otherwise finished runs
             of older code would be reused); results/sweep_ablation/summary.md and its per-ratio figure,
-            copied to docs/ablation_test_psnr_per_ratio.png;
+            copied to docs/ablation_test_psnr_per_ratio.png (its caption is the region ablation-figure);
 - latency:  `bench/onnx_latency.py --runs 20 --profile --json results/docs_tables/latency.json`;
 - unseen:   `bench/unseen_photos.py --checkpoint onnx/demo_fp.pth` (after demo: the teacher it trains;
             needs scikit-learn); results/unseen_photos/summary.csv.
@@ -93,24 +93,48 @@ def provenance(command: str, when: datetime.date | None = None, commit: str | No
 
 # ----------------------------------------------------------------------------- regions
 
+def _fenced_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of fenced code blocks: a marker shown as an example there is not a region."""
+    spans, start, offset = [], None, 0
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            if start is None:
+                start = offset
+            else:
+                spans.append((start, offset + len(line)))
+                start = None
+        offset += len(line)
+    return spans
+
+
+def _live_matches(text: str):
+    spans = _fenced_spans(text)
+    return [m for m in REGION.finditer(text) if not any(a <= m.start() < b for a, b in spans)]
+
+
 def regions(text: str) -> dict[str, str]:
-    return {match["name"]: match["body"] for match in REGION.finditer(text)}
+    return {match["name"]: match["body"] for match in _live_matches(text)}
 
 
 def replace_region(text: str, name: str, body: str) -> str:
     """`text` with the region `name` holding `body`; every occurrence is replaced, and a missing one is an error."""
-    if name not in regions(text):
+    matches = [m for m in _live_matches(text) if m["name"] == name]
+    if not matches:
         raise KeyError(f"no <!-- table:{name} --> region")
     body = body.rstrip("\n") + "\n"
-    return REGION.sub(lambda m: m.group(1) + body + m.group(4) if m["name"] == name else m.group(0), text)
+    for match in reversed(matches):  # from the end, so earlier offsets stay valid
+        text = text[:match.start()] + match.group(1) + body + match.group(4) + text[match.end():]
+    return text
 
 
-def documents(root: Path = REPOSITORY_ROOT) -> list[Path]:
+def documents(root: Path | None = None) -> list[Path]:
+    root = root or REPOSITORY_ROOT
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
-def write_regions(bodies: dict[str, str], root: Path = REPOSITORY_ROOT) -> list[str]:
+def write_regions(bodies: dict[str, str], root: Path | None = None) -> list[str]:
     """Rewrite every region named in `bodies` wherever it occurs; returns 'file: table' for each write."""
+    root = root or REPOSITORY_ROOT  # read at call time: tests point it at a temporary folder
     written, found = [], set()
     for path in documents(root):
         text = path.read_text()
@@ -322,8 +346,12 @@ def regenerate(names: list[str], from_logs: bool, write=None) -> dict[str, str]:
             summary = REPOSITORY_ROOT / "results/sweep_ablation/summary.md"
             bodies[name] = ablation_body(summary.read_text(), stamp(command, summary, from_logs))
             figure = REPOSITORY_ROOT / "results/sweep_ablation/test_psnr_per_ratio.png"
-            if figure.exists():
+            if figure.exists():  # its caption region says where and when it was drawn
                 shutil.copyfile(figure, REPOSITORY_ROOT / "docs/ablation_test_psnr_per_ratio.png")
+                caption = stamp(command, figure, from_logs)
+                bodies["ablation-figure"] = caption[:-1] + " Mean ± std over seeds; from results/sweep_ablation/.*"
+                if write is not None:
+                    write("ablation-figure", bodies["ablation-figure"])
         elif name == "latency":
             command = "python bench/onnx_latency.py --runs 20 --profile"
             if not from_logs:
