@@ -365,6 +365,9 @@ def test_docs_tables_rewrites_only_its_region():
     assert tables.regions(new) == {"demo": "*Measured ...*\n\n| a |\n|---|\n| 1 |\n", "other": "keep\n"}
     with pytest.raises(KeyError):
         tables.replace_region(text, "missing", "x")
+    example = "```text\n<!-- table:demo -->\nshown as an example\n<!-- /table -->\n```\n"
+    assert tables.regions(example + text) == {"demo": "old\n", "other": "keep\n"}
+    assert tables.replace_region(example + text, "demo", "new").startswith(example)
 
 
 def test_docs_tables_writes_regions_in_files_with_provenance(tmp_path):
