@@ -223,6 +223,12 @@ def test_runnable_block_runs_at_debug_size(block, debug_workspace, capsys):
         assert any("cache" not in p.parts for p in written), f"{block.where}: `{' '.join(words)}` wrote no results"
 
 
+@pytest.mark.parametrize("block", [b for b in PYTHON_BLOCKS if b.marker == "runnable"], ids=lambda b: b.where)
+def test_runnable_python_block_runs(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # whatever the example writes lands in a temporary folder
+    exec(compile(block.code, block.where, "exec"), {"__name__": "docs_example"})
+
+
 # ----------------------------------------------------------------------------- links and paths
 
 def heading_anchors(path: Path) -> set[str]:
