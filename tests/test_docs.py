@@ -284,6 +284,13 @@ def test_repository_paths_named_in_docs_exist():
     assert not missing, "files named in the docs that do not exist:\n" + "\n".join(missing)
 
 
+def test_every_docs_page_starts_with_the_question_it_answers():
+    pages = [path for path in DOCUMENTS if path.parent.name == "docs"]
+    unasked = [f"{path.relative_to(REPOSITORY_ROOT)}: {path.read_text().splitlines()[0]!r}" for path in pages
+               if not re.fullmatch(r"# .+\?", path.read_text().splitlines()[0].strip())]
+    assert not unasked, "docs pages whose first line is not '# <the question it answers>?':\n" + "\n".join(unasked)
+
+
 def test_config_reference_is_generated_from_the_schema():
     generated = load_tool("config_reference").render()
     current = (REPOSITORY_ROOT / "docs" / "config.md").read_text()
