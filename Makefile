@@ -34,3 +34,14 @@ bench: setup
 
 clean:
 	rm -rf results data/synthetic_sid
+
+# Rerun the commands behind the docs' measured tables (demo, ablation, latency, unseen photos; about
+# 40 min on 2 quiet cores) and rewrite them, with date, commit and machine (docs/README.md).
+.PHONY: docs-tables docs-config
+docs-tables: setup
+	$(PY) -m pip install -q "scikit-learn>=1.3,<2"   # the unseen-photo table's photos; not a harness requirement
+	$(PY) tools/docs_tables.py
+
+# Regenerate docs/config.md from the config schema (tests/test_docs.py fails when it is out of date).
+docs-config: setup
+	$(PY) tools/config_reference.py

@@ -41,25 +41,27 @@ class SyntheticDataConfig(Section):
 
 
 class DataConfig(Section):
-    root: str = "data/synthetic_sid"
+    """Where the SID-format data lies, which pairs each split uses, and how training crops are drawn."""
+    root: str = "data/synthetic_sid"  # holds Sony/short, Sony/long and the Sony_*_list.txt files
     # null for real SID; a mapping here makes the run generate the stand-in at `root` if it is absent.
     synthetic: Optional[SyntheticDataConfig] = Field(default_factory=SyntheticDataConfig)
-    train_list: str = "Sony_train_list.txt"
+    train_list: str = "Sony_train_list.txt"  # SID list files, relative to root
     val_list: str = "Sony_val_list.txt"
     test_list: str = "Sony_test_list.txt"
     cache_dir: Optional[str] = None  # decoded-raw cache; default <root>/.decoded_cache
-    patch_size: int = 512
-    flip: bool = True
+    patch_size: int = 512  # training crop, in raw pixels
+    flip: bool = True  # random flips of training crops
     transpose: bool = False
     # auto: from the CPUs this process may use (harness/setup.py: loader_workers); 0 = load in-process.
     num_workers: Union[int, Literal["auto"]] = "auto"
     decode_workers: int = 2
     # all: every pair of train_list; dble: the DBF/DBLE authors' 181 pairs (data/sid.py select_training_pairs)
     train_protocol: Literal["all", "dble"] = "all"
+    # all: every pair; sid: the 93 `_00` pairs; dble: the authors' 50 `_00_0.1s` pairs
     val_protocol: Literal["all", "sid", "dble"] = "sid"
     test_protocol: Literal["all", "sid", "dble"] = "sid"
-    exclude_misaligned: bool = True
-    max_train_pairs: Optional[int] = None
+    exclude_misaligned: bool = True  # leave out SID's misaligned scenes (false: score them as the authors did)
+    max_train_pairs: Optional[int] = None  # null: all; a number caps the split (debug, quick checks)
     max_val_pairs: Optional[int] = None
     max_test_pairs: Optional[int] = None
 
@@ -88,6 +90,7 @@ class SpeedConfig(Section):
 
 
 class ModelConfig(Section):
+    """Which network: a registered name or the import path of your own (docs/plugins.md)."""
     # A name registered in models.MODELS, or package.module:ClassName of a network following
     # models/contract.py; checked (module imported, contract read) when the config loads.
     name: str = "dbf_dble"
@@ -119,30 +122,34 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
+    """The Adam optimizer."""
     lr: float = Field(1e-5, gt=0)  # the authors' constant Adam lr
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: Optional[float] = None
+    grad_clip: Optional[float] = None  # max gradient norm; null = no clipping
 
 
 class ScheduleConfig(Section):
+    """How long training runs and how the learning rate moves."""
     # 0: no training. A quantized run is then post-training quantization (calibration only) and is
     # scored like any other, so a sweep variant `{schedule.epochs: 0}` puts PTQ beside QAT.
     epochs: int = Field(100, ge=0)
     iters_per_epoch: Optional[int] = None  # null: one pass over the training pairs
     scheduler: Literal["constant", "cosine", "step"] = "constant"
     step_size: int = 30  # epochs, for scheduler: step
-    gamma: float = 0.5
+    gamma: float = 0.5  # lr factor per step, for scheduler: step
     min_lr: float = 0.0  # for scheduler: cosine
     grad_accum_steps: int = Field(1, ge=1)
 
 
 class LossConfig(Section):
-    mono_weight: float = 1.0
-    rgb_weight: float = 1.0
+    """The task loss: L1 on each head, weighted."""
+    mono_weight: float = 1.0  # L1 on the mono head (networks with one)
+    rgb_weight: float = 1.0  # L1 on the RGB output
 
 
 class ValConfig(Section):
+    """Validation and test scoring."""
     every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
     ssim: Literal["skimage", "gaussian"] = "skimage"
     # float: clipped float images; uint8: the DBF/DBLE authors' truncated 8-bit scoring (helpers/metrics.py)
@@ -150,7 +157,7 @@ class ValConfig(Section):
     # null: whole frames (on a GPU, a frame that does not fit falls back to exact 512 tiles); else tiles
     # of this size (multiple of 32)
     tile_size: Optional[int] = None
-    tile_overlap: int = 32
+    tile_overlap: int = 32  # pixels of context kept on each tile side
     # null: exact frame-wide channel-attention averages (4 short statistics passes + 1, see
     # harness/evaluate.py); 0: each tile averages over itself (one pass, about 0.03 dB off).
     tile_statistics_passes: Optional[int] = None
@@ -164,53 +171,57 @@ class ValConfig(Section):
 
 
 class OutputConfig(Section):
-    results_dir: str = "results"
+    """Where a run writes its results and artefacts."""
+    results_dir: str = "results"  # a run writes <results_dir>/<experiment>/
     # Full-precision weights (<experiment>.pth / .safetensors) and ONNX exports (<experiment>/).
     artifacts_dir: str = "onnx"
     experiment: Optional[str] = None  # null: the config file's name
-    keep_best: int = Field(1, ge=1)
-    tensorboard: bool = True
-    save_images: bool = False
+    keep_best: int = Field(1, ge=1)  # best checkpoints kept
+    tensorboard: bool = True  # scalars under <run>/tensorboard
+    save_images: bool = False  # PNG outputs of the test split
 
 
 class DistillConfig(Section):
+    """Distillation from the teacher (quant_teacher: true; layers and coefficients are top-level keys)."""
     feature_loss: Literal["mse", "l1", "scale_invariant"] = "mse"
 
 
 class OnnxExportConfig(Section):
+    """The ONNX export (onnx: true or tools/export_onnx.py)."""
     opset: Optional[int] = None  # null: 17, or 21 when a quantizer is wider than 8 bits or a weight 4-bit
-    height: int = 64
-    width: int = 64
+    height: int = 64  # example input height used for the export and its checks
+    width: int = 64  # example input width
 
 
 class SpecialLayers(Section):
+    """Per-layer bits: `special_layer` maps `input_layer` or a traced module name to weight/activation bits."""
     model_config = ConfigDict(extra="forbid")
     special_layer: dict[str, Any] = Field(default_factory=dict)
 
 
 class Config(Section):
-    # The user's own top-level keys (their meaning: the table under "The config" in README.md).
-    quant: bool = False
-    test: bool = False
-    onnx: bool = False
-    quant_teacher: bool = False
+    # The user's own top-level keys (their meaning: docs/config.md, generated from these comments).
+    quant: bool = False  # quantization-aware training (MQBench); false = the full-precision run
+    test: bool = False  # evaluate only (the run's best checkpoint, else load_model)
+    onnx: bool = False  # export ONNX (FP32 + QDQ) of the best checkpoint at the end
+    quant_teacher: bool = False  # distil from the full-precision teacher load_teacher_model
     gpu_id: int = Field(0, ge=0)  # CUDA device index when device is auto or cuda
-    batch_size: int = Field(24, ge=1)
-    debug: bool = False
-    pdb_debug: bool = False
-    load_model: Optional[str] = None
-    load_quant_model: Optional[str] = None
-    load_teacher_model: Optional[str] = None
-    config_file_path: Union[str, list[str], None] = None
-    extra_quantizer_dict: SpecialLayers = Field(default_factory=SpecialLayers)
-    output_layer_list: list[str] = Field(default_factory=list)
-    distill_config: list[str] = Field(default_factory=list)
+    batch_size: int = Field(24, ge=1)  # the global batch (DDP: each process takes batch_size / N)
+    debug: bool = False  # shrink every stage to seconds: a smoke test of the same code path
+    pdb_debug: bool = False  # open the post-mortem debugger on an error
+    load_model: Optional[str] = None  # float weights of the student (.pth or .safetensors)
+    load_quant_model: Optional[str] = None  # a quantized checkpoint to continue from
+    load_teacher_model: Optional[str] = None  # float weights of the distillation teacher
+    config_file_path: Union[str, list[str], None] = None  # base file(s) this file overrides
+    extra_quantizer_dict: SpecialLayers = Field(default_factory=SpecialLayers)  # per-layer bits (special_layer)
+    output_layer_list: list[str] = Field(default_factory=list)  # extra layers exposed as outputs
+    distill_config: list[str] = Field(default_factory=list)  # layers (traced names) distilled from the teacher
     distill_coeff: Union[float, list[float]] = Field(default_factory=list)  # one number: same for every layer
 
     # Harness keys.
     device: str = "auto"  # auto | cpu | cuda | cuda:N ; auto = CUDA (gpu_id) when present, else CPU
-    seed: int = 0
-    allow_random_init: bool = False
+    seed: int = 0  # data order, crops and initialisation
+    allow_random_init: bool = False  # quantized training from random weights is refused unless true
     quantize_output: bool = False
     # Reproducible CUDA runs (harness/speed.py: make_deterministic); costs speed, see README.
     deterministic: bool = False

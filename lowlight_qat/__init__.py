@@ -10,7 +10,7 @@ batches that are tensors or dicts with 'input' and 'rgb', plain dicts for settin
     lq.export_onnx(qmodel, "onnx/my_run")
     means, rows = lq.evaluate(qmodel, batches)
 
-README.md ("Python API") has a runnable example; tests/test_api.py runs it as written. Every
+docs/api.md has a runnable example; tests/test_api.py runs it as written. Every
 function is a thin layer over the module that does the work (named in its docstring), so the
 config-driven entry points and this API share one implementation.
 """

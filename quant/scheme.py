@@ -85,14 +85,14 @@ class TensorQuantConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    quantizer: str = "lsq"
-    observer: str = "MinMaxObserver"
+    quantizer: str = "lsq"  # lsq, lsq+, dsq, pact, dorefa, fixed, or an MQBench class name
+    observer: str = "MinMaxObserver"  # an MQBench observer class name
     bits: int = Field(8, ge=MIN_BITS, le=MAX_BITS)
     symmetric: bool = True
     per_channel: bool = False
-    pot_scale: bool = False
-    params: dict[str, Any] = Field(default_factory=dict)
-    observer_params: dict[str, Any] = Field(default_factory=dict)
+    pot_scale: bool = False  # power-of-two scales
+    params: dict[str, Any] = Field(default_factory=dict)  # fake quantizer constructor arguments, e.g. {alpha: 0.2}
+    observer_params: dict[str, Any] = Field(default_factory=dict)  # observer arguments, e.g. {ema_ratio: 0.95}
 
     @field_validator("quantizer")
     @classmethod
@@ -178,8 +178,8 @@ class QuantSchemeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    weight: WeightQuantConfig = Field(default_factory=WeightQuantConfig)
-    activation: ActivationQuantConfig = Field(default_factory=ActivationQuantConfig)
+    weight: WeightQuantConfig = Field(default_factory=WeightQuantConfig)  # how weights are fake-quantized
+    activation: ActivationQuantConfig = Field(default_factory=ActivationQuantConfig)  # how activations are
     # Batches seen with observers on before QAT starts; LSQ scales start from these statistics.
     calibration_batches: int = Field(4, ge=1)
     # The usual LSQ recipe learns scales by gradient, so observers stop after calibration; true keeps
@@ -193,7 +193,8 @@ class QuantSchemeConfig(BaseModel):
     # LSQ / LSQ+ run on quant/fast_quantizers.py (MQBench's LearnableFakeQuantize with a sync-free,
     # single-node forward and backward, numerically equal); false keeps MQBench's own class.
     fast_quantizers: bool = True
-    # Where MQBench places activation quantizers (see the module docstring); academic keeps today's models.
+    # academic | onnx_qnn | snpe | tensorrt: where MQBench places activation quantizers (see the module
+    # docstring and docs/deployment.md); academic keeps today's models.
     backend: str = "academic"
 
     @field_validator("backend")

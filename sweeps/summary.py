@@ -1,7 +1,7 @@
 """The numbers of a sweep table: per variant, mean and standard deviation over seeds, per-ratio
 means, and the difference to a reference variant with a 95% confidence interval.
 
-The difference statistic (the one documented in the README):
+The difference statistic (the one documented in docs/ablations.md):
 - each test image is paired with the same image scored by the reference trained with the same seed,
   and the per-image differences are averaged within each seed: one mean difference per seed;
 - with two or more seeds, the interval is the Student t-interval of those per-seed means

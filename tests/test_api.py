@@ -1,4 +1,4 @@
-"""The Python API (lowlight_qat): the README example runs exactly as written, and the steps keep the
+"""The Python API (lowlight_qat): the docs/api.md example runs exactly as written, and the steps keep the
 promises their docstrings make."""
 import json
 
@@ -11,7 +11,7 @@ from test_train import REPOSITORY_ROOT
 
 
 def readme_python_example() -> str:
-    section = (REPOSITORY_ROOT / "README.md").read_text().split("## Python API", 1)[1]
+    section = (REPOSITORY_ROOT / "docs" / "api.md").read_text().split("## Python API", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
@@ -20,7 +20,7 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert len(code.strip().splitlines()) <= 15
     monkeypatch.chdir(tmp_path)  # the example writes onnx/tiny_w4a4 relative to where it runs
     namespace = {"__name__": "readme_example"}
-    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    exec(compile(code, "docs/api.md (Python API)", "exec"), namespace)
 
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == "True"  # export_onnx's report: every onnxruntime check passed
