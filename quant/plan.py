@@ -210,6 +210,29 @@ def format_quant_plan(rows: list[dict], verbose: bool = False) -> str:
     bit_summary = ", ".join(f"{by_bits[b]} at {b} bits" for b in sorted(by_bits, reverse=True))
     lines = [f"quant plan: {len(rows)} fake quantizers ({summary}); {bit_summary}", render(header)]
     lines += [render(line) for line in table]
+    input_line = _effective_input_line(rows)
+    if input_line:
+        lines.append(input_line)
     if rows[0].get("elements") not in (None, ""):
         lines.append(format_cost(cost_totals(rows), rows[0].get("cost_input")))
     return "\n".join(lines)
+
+
+def _effective_input_line(rows: list[dict]) -> str:
+    """'effective input bits of weighted layers: 8: conv1; 4: 12 layers': the fewest bits among the
+    quantizers on the paths into each weighted layer (quant/paths.py), the commonest width counted,
+    the others named."""
+    by_bits: dict = {}
+    for row in rows:
+        if row["kind"] == "weight" and row.get("input_bits") not in (None, ""):
+            by_bits.setdefault(int(row["input_bits"]), []).append(row["layer"])
+    if not by_bits:
+        return ""
+    common = max(by_bits, key=lambda bits: len(by_bits[bits]))
+    parts = []
+    for bits in sorted(by_bits, reverse=True):
+        label = "float" if bits >= 32 else str(bits)
+        layers = by_bits[bits]
+        named = f"{len(layers)} layers" if bits == common and len(layers) > 3 else ", ".join(layers)
+        parts.append(f"{label}: {named}")
+    return "effective input bits of weighted layers: " + "; ".join(parts)
