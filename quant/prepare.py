@@ -22,7 +22,8 @@ convolution means):
   by all consumers of that node. Module names are kept exactly as MQBench makes them (`lrelu`,
   `lrelu_dup1`, ...), so distillation hooks and the ONNX exporter find them by the traced names.
 * Network input: every path from the graph input passes through ONE input quantizer,
-  `x_post_act_fake_quantizer`, at `special_layer.input_layer` bits when given, else MQBench's 8 bits
+  `x_post_act_fake_quantizer`, at `special_layer.input_layer` bits when given (with any quantizer
+  after a pad or another non-computing op on the input, see below), else MQBench's 8 bits
   (first-layer rule). MQBench re-quantized the input after `downshuffle` (`F.pixel_unshuffle`) with an
   ordinary activation quantizer (`pixel_unshuffle_post_act_fake_quantizer`, at the activation bits),
   so the colour branch saw the mosaic at e.g. 4 bits whatever the input setting: that redundant
@@ -48,11 +49,22 @@ a traced function (`cat_3`, `pixel_unshuffle_1`, `mul`).
   (after the pool and after the concatenation). Each mapping is shown in the quant plan (its
   `override` column). A layer whose output reaches no quantizer (the network head without
   `quantize_output`) gets a warning.
+* `input` = every activation quantizer on the paths into the layer through ops that do not compute
+  (pad, reshape, pixel (un)shuffle, cat, slicing, casts; quant/paths.py). A network that pads before
+  a conv has two quantizers on that conv's input (after the producer and after the pad): both are set.
+  `input_layer` is the same for the network input: every quantizer reached from the graph input
+  before the first op that computes. `activation` also continues past a quantizer through such ops,
+  since a later quantizer there requantizes the same values.
+* After preparing, every request is checked against the quantizers that actually feed (or, for
+  `activation`, quantize the output of) the named layer; one with fewer bits than asked stops with
+  one line (SpecialLayerError) naming the layer, the quantizer and the entry to change.
 * Bits and scheme ("10 per_channel_affine") build a new quantizer of the quant_scheme's class and
   observer from the qconfig MQBench makes for that bit width and scheme, replacing MQBench's, so its
   learnable state is genuine and trainable. Activations are per-tensor only (MQBench's per-channel
   axis would be the batch axis). When two entries reach the same quantizer with different settings,
-  the higher bit width wins and a warning names both.
+  the higher bit width wins and a warning names both; an entry on the quantizer's own layer
+  (`activation`, `weight`) wins over `input` / `input_layer`, so that two requests that contradict
+  each other stop at the check rather than one of them being dropped quietly.
 * Bits above 8 work with every MQBench quantizer here (torch's fake-quantize kernels take any integer
   range); `input_layer: 10` and `"10 per_tensor_affine"` give quant ranges 0..1023 (affine) or
   -512..511 (symmetric).
