@@ -29,6 +29,7 @@ from core.runner import load_entry_config, run_entry_point
 # Glue to the config and data system (core/): the interface this tool expects from it.
 from core.setup import build_eval_batches, build_float_model, ensure_data, resolve_device
 from distill.hessian import rank_layers, ranking_table, write_ranking
+from models import declared_outputs
 from core.loss import task_loss
 
 CROP_MULTIPLE = 32  # keeps the Bayer phase (even offsets) and the network's size constraint
@@ -36,7 +37,8 @@ CROP_MULTIPLE = 32  # keeps the Bayer phase (even offsets) and the network's siz
 
 def ranking_loss(kind, config):
     """Loss of (network outputs, batch) used for the curvature: the task loss with MSE (default) or L1."""
-    return lambda outputs, batch: task_loss(outputs, batch, config.loss, distance=kind)
+    declared = declared_outputs(config.model.name)
+    return lambda outputs, batch: task_loss(outputs, batch, config.loss, distance=kind, declared=declared)
 
 
 def center_crop(batch, size):

@@ -31,7 +31,7 @@ from core.safe_load import load_torch_file
 from core.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, ensure_data,
                         resolve_device)
 from core.speed import Speed
-from models import input_kind as model_input_kind
+from models import declared_outputs, input_kind as model_input_kind
 
 
 def make_scheduler(optimizer, config):
@@ -165,7 +165,7 @@ def train_one_epoch(network, model, loader, epoch, config, optimizer, distiller,
     for step, batch in enumerate(progress, start=1):
         batch = to_device(batch, device)
         outputs = network(batch["input"])
-        loss = task_loss(outputs, batch, config.loss)
+        loss = task_loss(outputs, batch, config.loss, declared=declared_outputs(config.model.name))
         terms = {"task_loss": loss.item()}
         if distiller is not None:
             distill_total, distill_terms = distiller(batch["input"])

@@ -51,6 +51,9 @@ class DataConfig(Section):
     patch_size: int = 512
     flip: bool = True
     transpose: bool = False
+    # Clip the amplified input at 1, as several published loaders do (DBF/DBLE and SID do not); set it
+    # when loading weights trained that way.
+    clip_input: bool = False
     # auto: from the CPUs this process may use (core/setup.py: loader_workers); 0 = load in-process.
     num_workers: Union[int, Literal["auto"]] = "auto"
     decode_workers: int = 2
@@ -138,8 +141,10 @@ class ScheduleConfig(Section):
 
 
 class LossConfig(Section):
+    # One weight per supervised network output (models/contract.py); unused outputs' weights are ignored.
     mono_weight: float = 1.0
     rgb_weight: float = 1.0
+    raw_weight: float = 1.0
 
 
 class ValConfig(Section):

@@ -53,3 +53,26 @@ def passes_values(model: GraphModule, node: Node) -> bool:
     if node.op == "call_module":
         return isinstance(model.get_submodule(node.target), PASSING_MODULES)
     return False
+
+
+def unsupervised_nodes(model: GraphModule, declared) -> set:
+    """Names of the nodes whose value reaches none of the supervised outputs: the graph returns a
+    tuple ordered as `declared` (the network's `outputs`, models/contract.py) and every position
+    declared "ignore" is unsupervised. Empty when nothing is ignored or the graph's outputs do not
+    line up with `declared`."""
+    if not declared or "ignore" not in declared:
+        return set()
+    output = next(n for n in model.graph.nodes if n.op == "output")
+    returned = output.args[0]
+    if not isinstance(returned, (tuple, list)) or len(returned) != len(declared):
+        return set()
+    reached, queue = set(), [value for value, name in zip(returned, declared)
+                             if name != "ignore" and isinstance(value, Node)]
+    while queue:
+        node = queue.pop()
+        if node.name in reached:
+            continue
+        reached.add(node.name)
+        queue.extend(node.all_input_nodes)
+    return {n.name for n in model.graph.nodes
+            if n.op not in ("placeholder", "output", "get_attr") and n.name not in reached}

@@ -39,7 +39,7 @@ QDQ_OPSET_8BIT = 17  # per-channel QDQ needs >= 13
 QDQ_OPSET_16BIT = 21  # first opset whose QuantizeLinear/DequantizeLinear take int16/uint16 (and int4/uint4)
 TORCHSCRIPT_MAX_OPSET = 20
 MARKER_DOMAIN = "lowlight_export"
-SHAPE_RULE = "height and width must be multiples of 32 (the network downsamples 16x on packed input)"
+SHAPE_RULE = "height and width must be multiples of 32"
 # QDQ may differ from a quantizer on exact rounding ties and x/s vs x*(1/s): a handful of elements.
 MISMATCH_LIMIT = 1e-3
 # How far below the model's own float noise floor (see float_noise_db) onnxruntime may land: 6 dB is
@@ -87,8 +87,9 @@ def infer_input_kind(model: torch.nn.Module, input_kind: Optional[str] = None) -
     raise ValueError("cannot tell the network's input layout; pass input_kind='mosaic' or 'packed'")
 
 
-def example_input(kind: str, batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
+def example_input(kind: str, batch: int, height: int, width: int, seed: int = 0,
+                  check_size: bool = True) -> torch.Tensor:
+    if check_size and (height <= 0 or width <= 0 or height % 32 or width % 32):
         raise ValueError(f"export size {height}x{width}: {SHAPE_RULE}")
     shape = (batch, 1, height, width) if kind == "mosaic" else (batch, 4, height // 2, width // 2)
     # A normalised, amplified raw frame lies mostly in [0, 1]; uniform noise covers that range.
@@ -99,16 +100,55 @@ def _as_tuple(outputs) -> tuple:
     return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
-def _output_names(outputs) -> list[str]:
+def _output_names(outputs, declared=None) -> list[str]:
+    """ONNX output names: the network's declared outputs (models/contract.py), an ignored one as
+    `output<i>`; without a declaration `rgb` or `mono, rgb` by count."""
     count = len(_as_tuple(outputs))
+    if declared is not None and len(declared) == count:
+        return [name if name in ("rgb", "mono", "raw") else f"output{i}" for i, name in enumerate(declared)]
     return {1: ["rgb"], 2: ["mono", "rgb"]}.get(count, [f"output{i}" for i in range(count)])
 
 
-def _dynamic_axes(kind: str, output_names: list[str]) -> dict:
+def _declared(model):
+    outputs = getattr(model, "outputs", None)
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else None
+
+
+def _dynamic_axes(kind: str, output_names: list[str], outputs=None) -> dict:
     spatial = ("height", "width") if kind == "mosaic" else ("height_half", "width_half")
     axes = {INPUT_NAME: {0: "batch", 2: spatial[0], 3: spatial[1]}}
-    axes.update({name: {0: "batch", 2: "height", 3: "width"} for name in output_names})
+    for index, name in enumerate(output_names):
+        tensor = _as_tuple(outputs)[index] if outputs is not None else None
+        if tensor is not None and tensor.ndim != 4:
+            axes[name] = {0: "batch"}  # e.g. an ignored vector output
+        elif name == "raw":
+            axes[name] = {0: "batch", 2: "height_half", 3: "width_half"}
+        else:
+            axes[name] = {0: "batch", 2: "height", 3: "width"}
     return axes
+
+
+def measured_shape_rule(net: torch.nn.Module, kind: str) -> str:
+    """The size rule of the export report, measured on the network: the smallest power of two m such
+    that a mosaic whose sides are an odd multiple of m runs and gives full-size outputs."""
+    was_training = net.training
+    net.eval()
+    try:
+        for multiple in (2, 4, 8, 16, 32, 64):
+            odd = max(3, (64 // multiple) | 1)
+            side = multiple * odd
+            try:
+                with torch.no_grad():
+                    outputs = _as_tuple(net(example_input(kind, 1, side, side, check_size=False)))
+            except Exception:  # noqa: BLE001 - a size the network cannot take is what we are measuring
+                continue
+            if all(t.ndim != 4 or t.shape[-1] in (side, side // 2) for t in outputs):
+                packed = f", {multiple // 2}x on its packed input" if kind == "packed" else ""
+                return (f"height and width must be multiples of {multiple} (measured: the network downsamples "
+                        f"the mosaic {multiple}x{packed}); the harness itself asks for multiples of 32")
+    finally:
+        net.train(was_training)
+    return SHAPE_RULE
 
 
 def _parent(model: torch.nn.Module, name: str):
@@ -502,8 +542,8 @@ def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, e
     x = example_input(kind, 1, *example_hw)
     with torch.no_grad():
         outputs = net(x)
-    output_names = _output_names(outputs)
-    axes = _dynamic_axes(kind, output_names)
+    output_names = _output_names(outputs, _declared(model))
+    axes = _dynamic_axes(kind, output_names, outputs)
     proto = _set_opset(_torch_to_onnx(net, x, opset, output_names, axes), opset)
     _pin_static_output_dims(proto, outputs, axes)
     checks = {"checker": _checker(proto)}
@@ -524,7 +564,7 @@ def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, e
     inputs, outputs = _io(proto)
     size = _save_model(proto, path)
     notes = ["exported from a fake-quantized model with its quantizers removed"] if fake_quantizers(model) else []
-    return ExportInfo("full_precision", str(path), opset, inputs, outputs, axes, SHAPE_RULE, size, checks,
+    return ExportInfo("full_precision", str(path), opset, inputs, outputs, axes, measured_shape_rule(net, kind), size, checks,
                       passed, notes=notes)
 
 
@@ -600,7 +640,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
                           f"DequantizeLinear, which exist from opset {QDQ_OPSET_16BIT}; asked for opset {opset}")
 
     reference_outputs, weights = _observe(reference, quantizers, specs, x)
-    output_names = _output_names(reference_outputs)
+    output_names = _output_names(reference_outputs, _declared(qmodel))
     for spec in specs:
         if spec.mismatch is not None and spec.mismatch > MISMATCH_LIMIT:
             raise ExportError(f"{spec.name} ({spec.cls}): a QuantizeLinear/DequantizeLinear pair with its scale and "
@@ -624,7 +664,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
         else:
             setattr(parent, attr, _ActivationMarker(qid))
         by_id[qid] = spec
-    axes = _dynamic_axes(kind, output_names)
+    axes = _dynamic_axes(kind, output_names, reference_outputs)
     proto = _torch_to_onnx(marked, x, opset, output_names, axes, custom_domain=True)
     _materialize_qdq(proto, by_id, folded)
     # The TorchScript exporter's shape inference gives the markers' outputs made-up symbolic dims
@@ -682,7 +722,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
     if any(s.clip for s in specs if s.enabled):
         notes.append("ranges narrower than their ONNX type (e.g. 10 bits in uint16) are held by a float Clip to "
                      "(quant_min - zp) * scale .. (quant_max - zp) * scale just before QuantizeLinear")
-    return ExportInfo("qdq", str(path), opset, inputs, outputs, axes, SHAPE_RULE, size, checks, passed,
+    return ExportInfo("qdq", str(path), opset, inputs, outputs, axes, measured_shape_rule(reference, kind), size, checks, passed,
                       quantizers=rows, notes=notes)
 
 

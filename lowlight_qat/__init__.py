@@ -107,10 +107,11 @@ def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str
     return Distiller(student, teacher, layers, coefficients, feature_loss).to(device)
 
 
-def mse_task_loss(outputs, batch) -> torch.Tensor:
+def mse_task_loss(outputs, batch, declared=None) -> torch.Tensor:
     """The task loss with MSE and unit weights (core/loss.py), the Hessian ranking's default: L1 has
-    no curvature on piecewise-linear layers (distill/hessian.py). Two-output networks need batch['mono']."""
-    return task_loss(outputs, batch, LossConfig(), distance="mse")
+    no curvature on piecewise-linear layers (distill/hessian.py). `declared`: the network's `outputs`
+    (None reads a pair as (mono, rgb)); every supervised output needs its target in the batch."""
+    return task_loss(outputs, batch, LossConfig(), distance="mse", declared=declared)
 
 
 def rank_layers(model: nn.Module, batches: Iterable, loss=mse_task_loss, layers: Optional[list[str]] = None,
@@ -119,6 +120,10 @@ def rank_layers(model: nn.Module, batches: Iterable, loss=mse_task_loss, layers:
     respect to each (distill/hessian.py); rows best first, each with .layer, .trace, .stderr, .rank.
     Default layers: every activation module except the network outputs."""
     from distill import rank_layers as rank
+    from models import model_outputs
+    if loss is mse_task_loss:
+        declared = model_outputs(model)
+        loss = lambda outputs, batch: mse_task_loss(outputs, batch, declared)  # noqa: E731
     device = next(model.parameters()).device
     return rank(model, list(batches), loss, layer_names=layers, probes=probes, seed=seed, device=device,
                 progress=progress)

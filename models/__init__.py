@@ -1,9 +1,10 @@
 """Networks chosen by `model.name` in the config: a registered name below, or an import path
 `package.module:ClassName` of any network that follows models/contract.py (`model.kwargs` go to its
 constructor; `model.width` to networks whose constructor takes `width`)."""
+import functools
 import inspect
 
-from models.contract import check_declared, check_outputs, message_prefix
+from models.contract import check_declared, check_outputs, message_prefix, named_outputs
 from models.dbf_dble import DBFDBLE
 from core.names import nearest
 from models.plugins import is_import_path, resolve_import_path
@@ -85,8 +86,22 @@ def input_kind(name: str) -> str:
     return resolve_network(name).input_kind
 
 
-def split_outputs(outputs):
-    """(mono or None, rgb) whatever the network returns: DBF/DBLE gives both, the U-Net RGB only."""
-    if isinstance(outputs, (tuple, list)):
-        return outputs[0], outputs[1]
-    return None, outputs
+@functools.lru_cache(maxsize=None)
+def declared_outputs(name: str) -> tuple:
+    """The `outputs` a network declares (models/contract.py), without building it."""
+    return tuple(resolve_network(name).outputs)
+
+
+def model_outputs(model):
+    """The `outputs` a built (or traced, or DDP-wrapped) network declares, None when it declares none."""
+    while hasattr(model, "module") and not hasattr(model, "outputs"):
+        model = model.module
+    outputs = getattr(model, "outputs", None)
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else None
+
+
+def split_outputs(outputs, declared=None):
+    """(mono or None, rgb) of what the network returns, read by its declared outputs (a tuple is
+    (mono, rgb) and a tensor rgb when `declared` is None, as DBF/DBLE and the U-Net return them)."""
+    named = named_outputs(outputs, declared)
+    return named.get("mono"), named["rgb"]
