@@ -96,6 +96,15 @@ class ModelConfig(Section):
     name: str = "dbf_dble"
     width: float = Field(1.0, gt=0)  # channel multiplier; 1.0 = the published network
     kwargs: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the network's constructor
+    # Tracing hooks (models/tracing.py): functions kept as one graph node ("einops.rearrange") and
+    # module classes kept opaque ("package.module:ClassName"), for networks torch.fx cannot trace.
+    fx_wrap: list[str] = Field(default_factory=list)
+    fx_leaf_modules: list[str] = Field(default_factory=list)
+
+    @property
+    def width_given(self) -> Optional[float]:
+        """`width` when the config sets it, else None: a plug-in's own default then applies."""
+        return self.width if "width" in self.model_fields_set else None
 
     @field_validator("name")
     @classmethod
@@ -118,6 +127,16 @@ class ModelConfig(Section):
         from models import check_kwargs, resolve_network
         if "name" in info.data:
             check_kwargs(resolve_network(info.data["name"]), value, where=None)
+        return value
+
+    @field_validator("fx_wrap", "fx_leaf_modules")
+    @classmethod
+    def _hooks_resolve(cls, value, info):
+        from models.tracing import resolve_tracing_hooks
+        if info.field_name == "fx_wrap":
+            resolve_tracing_hooks(fx_wrap=value, where="model")
+        else:
+            resolve_tracing_hooks(fx_leaf_modules=value, where="model")
         return value
 
 

@@ -197,7 +197,8 @@ def build_eval_batches(config: Config, split: str = "val", count: int = 4, input
 
 
 def build_float_model(config: Config, weights=None):
-    model = build_model(config.model.name, config.model.width, config.model.kwargs)
+    model = build_model(config.model.name, config.model.width_given, config.model.kwargs,
+                        fx_wrap=config.model.fx_wrap, fx_leaf_modules=config.model.fx_leaf_modules)
     if weights:
         load_weights(model, weights)
     return model

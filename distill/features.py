@@ -34,7 +34,7 @@ from torch.fx import GraphModule
 
 from core.graph_ops import is_rearranging, unsupervised_nodes
 from core.names import nearest_text
-from models.tracing import explain_trace_failure
+from models.tracing import copy_tracing_hooks, explain_trace_failure, make_tracer
 
 # The activation modules whose outputs are the default candidates for the Hessian ranking.
 ACTIVATION_TYPES = (nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU,
@@ -55,11 +55,10 @@ def _is_quantization_module(module):
     return isinstance(module, (FakeQuantizeBase, ObserverBase))
 
 
-def _mqbench_tracer():
-    # The student is traced by MQBench's tracer; using the same one here keeps the teacher's leaf
-    # modules (and so its node and module names) identical to the student's.
-    from mqbench.prepare_by_platform import CustomedTracer
-    return CustomedTracer(customed_leaf_module=())
+def _mqbench_tracer(model):
+    # The student is traced by MQBench's tracer with the model's tracing hooks; using the same here
+    # keeps the teacher's leaf modules (and so its node and module names) identical to the student's.
+    return make_tracer(model)
 
 
 def _copy_sharing_tensors(module):
@@ -85,7 +84,7 @@ def trace_for_features(model, freeze=False):
         graph_module = model
     else:
         with explain_trace_failure(model):
-            graph = _mqbench_tracer().trace(model)
+            graph = _mqbench_tracer(model).trace(model)
         root = dict(model.named_modules())
         calls = {}
         for node in graph.nodes:
@@ -99,6 +98,10 @@ def trace_for_features(model, freeze=False):
                 root[node.target] = _get_attribute(model, node.target)
         graph.lint()
         graph_module = GraphModule(root, graph, type(model).__name__)
+        copy_tracing_hooks(model, graph_module)
+        for declared in ("input_kind", "outputs"):  # the network contract, dropped by GraphModule
+            if hasattr(model, declared):
+                setattr(graph_module, declared, getattr(model, declared))
     if freeze:
         graph_module.eval()
         graph_module.requires_grad_(False)

@@ -43,10 +43,13 @@ __all__ = ["build_network", "check_network", "check_traceable", "load_weights", 
            "evaluate", "UntraceableNetworkError"]
 
 
-def build_network(name: str, width: float = 1.0, **kwargs) -> nn.Module:
+def build_network(name: str, width: Optional[float] = None, *, fx_wrap=(), fx_leaf_modules=(),
+                  **kwargs) -> nn.Module:
     """A network by registered name ('dbf_dble', 'sid_unet') or import path 'package.module:ClassName'
-    (models/__init__.py), its contract checked (models/contract.py); `kwargs` go to its constructor."""
-    return build_model(name, width, kwargs)
+    (models/__init__.py), its contract checked (models/contract.py); `kwargs` go to its constructor,
+    `width` only when given. `fx_wrap` / `fx_leaf_modules`: tracing hooks (models/tracing.py), e.g.
+    fx_wrap=["einops.rearrange"], kept on the model for quantize, distillation and the ranking."""
+    return build_model(name, width, kwargs, fx_wrap=fx_wrap, fx_leaf_modules=fx_leaf_modules)
 
 
 def check_network(model: nn.Module) -> nn.Module:

@@ -97,7 +97,7 @@ from mqbench.utils.state import enable_calibration, enable_quantization
 
 from core.graph_ops import is_rearranging, passes_values
 from core.names import nearest
-from models.tracing import check_traceable
+from models.tracing import check_traceable, copy_tracing_hooks, make_tracer
 from quant.deploy_placement import quantize_sigmoid_outputs, share_quantizers_across_max_pools
 from quant.paths import (feeding_quantizers, first_consumers, is_quantizer_node, network_input_quantizers,
                          node_label, quantizer_bits)
@@ -464,7 +464,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
         prepared = prepare_by_platform(model, scheme.backend_type, {
             "extra_qconfig_dict": extra_qconfig_dict(scheme),
             "extra_quantizer_dict": extra_quantizer,
-        })
+        }, custom_tracer=make_tracer(model))
     factory = QuantizerFactory(scheme)
     input_nodes = _quantize_inputs(prepared, factory, special.input_bits)
     dropped = _drop_requantization(prepared, input_nodes)
@@ -494,6 +494,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     for declared in ("input_kind", "outputs"):  # the network contract (models/contract.py), lost by tracing
         if hasattr(model, declared):
             setattr(prepared, declared, getattr(model, declared))
+    copy_tracing_hooks(model, prepared)  # distillation and the ranking re-trace the prepared model
     return prepared
 
 

@@ -124,3 +124,156 @@ def test_a_request_left_at_fewer_bits_stops_with_one_line():
     assert "input_layer" in message and "head" in message
     assert "pixel_unshuffle_post_act_fake_quantizer at 4 bits" in message
     assert "raise pixel_unshuffle.activation to 8 bits" in message
+
+
+# ----------------------------------------------------------------------------- auxiliary outputs
+
+class RgbRawNet(nn.Module):
+    """RGB plus a denoised packed raw, both from one trunk; the heads start at zero so that a head
+    whose weights move after training was reached by its own loss."""
+    input_kind = "mosaic"
+    outputs = ("rgb", "raw")
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.trunk = nn.Conv2d(4, channels, 3, padding=1)
+        self.act = nn.LeakyReLU(0.2)
+        self.rgb_head = nn.Conv2d(channels, 12, 1)
+        self.raw_head = nn.Conv2d(channels, 4, 1)
+        for head in (self.rgb_head, self.raw_head):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, x):
+        packed = F.pixel_unshuffle(x, 2)
+        features = self.act(self.trunk(packed))
+        return F.pixel_shuffle(self.rgb_head(features), 2), packed + self.raw_head(features)
+
+
+class WithIgnoredOutput(RgbRawNet):
+    """A third output the harness has no target for, from a branch of its own."""
+    outputs = ("rgb", "raw", "ignore")
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Conv2d(8, 8, 3, padding=1)
+        self.aux_act = nn.ReLU()
+        self.aux_out = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        packed = F.pixel_unshuffle(x, 2)
+        features = self.act(self.trunk(packed))
+        rgb = F.pixel_shuffle(self.rgb_head(features), 2)
+        return rgb, packed + self.raw_head(features), self.aux_out(self.aux_act(self.aux(features)))
+
+
+def test_rgb_and_raw_outputs_are_both_trained(synthetic_sid_root, tmp_path, monkeypatch):
+    import train
+    from core.config import load_config
+    from core.setup import build_train_loader
+    from data.raw_cache import RawCache
+    from data.sid import normalise_mosaic, pack_raw
+    from test_train import write_run_config
+
+    monkeypatch.chdir(tmp_path)
+    config_path = write_run_config(tmp_path, synthetic_sid_root, model={"name": f"{__name__}:RgbRawNet"},
+                                   schedule__epochs=1, schedule__iters_per_epoch=2, data__max_val_pairs=1,
+                                   data__max_test_pairs=1, data__flip=False, loss__raw_weight=2.0,
+                                   output__experiment="rgb_raw")
+    # The batches carry the raw target: the long exposure's mosaic, normalised without the ratio, packed.
+    config = load_config(config_path)
+    loader = build_train_loader(config, "mosaic", seed=0)
+    batch = next(iter(loader))
+    assert batch["raw"].shape == (2, 4, 32, 32) and batch["input"].shape == (2, 1, 64, 64)
+    pair = loader.dataset.pairs[0]
+    long_mosaic, info = RawCache(loader.dataset.cache.cache_dir).mosaic(pair.long_path)
+    sample = loader.dataset.sample(0, 0, 0, False, False, False)
+    expected = pack_raw(normalise_mosaic(long_mosaic[:64, :64], info, 1.0))
+    assert torch.equal(sample["raw"], torch.from_numpy(expected))
+
+    train.main(["--config", str(config_path)])
+    state = torch.load(tmp_path / "onnx" / "rgb_raw.pth", weights_only=True)["model"]
+    assert state["raw_head.weight"].abs().sum() > 0  # only the raw loss reaches this head
+    assert state["rgb_head.weight"].abs().sum() > 0
+
+
+def test_loss_weights_each_output_and_ignored_outputs_have_no_target():
+    from core.config import LossConfig
+    from core.loss import task_loss
+
+    torch.manual_seed(0)
+    rgb, raw, aux = torch.rand(1, 3, 8, 8), torch.rand(1, 4, 4, 4), torch.rand(1, 1, 4, 4)
+    batch = {"rgb": torch.rand(1, 3, 8, 8), "raw": torch.rand(1, 4, 4, 4)}
+    weights = LossConfig(rgb_weight=1.0, raw_weight=0.5)
+    loss = task_loss((rgb, raw, aux), batch, weights, declared=("rgb", "raw", "ignore"))
+    assert torch.allclose(loss, F.l1_loss(rgb, batch["rgb"]) + 0.5 * F.l1_loss(raw, batch["raw"]))
+    with pytest.raises(ValueError, match="'raw' output has no target"):
+        task_loss((rgb, raw), {"rgb": batch["rgb"]}, weights, declared=("rgb", "raw"))
+
+
+def test_graph_parts_reaching_only_an_ignored_output_are_reported():
+    from distill.hessian import hessian_trace_per_layer
+    from quant import format_quant_plan
+
+    model = WithIgnoredOutput()
+    qmodel = prepare(model, None)
+    rows = quant_plan_rows(qmodel, (1, 1, 32, 32))
+    lost = {row["quantizer"] for row in rows if row["supervised"] is False}
+    assert lost == {"aux.weight_fake_quant", "aux_out.weight_fake_quant",
+                    "aux_act_post_act_fake_quantizer"}
+    assert all(row["supervised"] for row in rows if row["quantizer"].startswith(("trunk", "rgb_head", "raw_head")))
+    assert "not supervised" in format_quant_plan(rows) and "aux, aux_out" in format_quant_plan(rows)
+
+    batches = [{"input": torch.rand(1, 1, 32, 32), "rgb": torch.rand(1, 3, 32, 32), "raw": torch.rand(1, 4, 16, 16)}]
+    from core.config import LossConfig
+    from core.loss import task_loss
+    loss = lambda outputs, batch: task_loss(outputs, batch, LossConfig(), "mse", model.outputs)  # noqa: E731
+    with pytest.warns(UserWarning, match="aux_act"):
+        traces = hessian_trace_per_layer(model, None, batches, loss, probes=2, progress=False)
+    assert set(traces) == {"act"}  # the ignored branch's activation is left out of the ranking
+
+
+# ----------------------------------------------------------------------------- tracing hooks
+
+def rearrange(tensor, pattern, **sizes):
+    """An einops-style function: Python checks on the tensor's shape, which torch.fx cannot trace."""
+    if pattern != "b c (h p1) (w p2) -> b (c p1 p2) h w":
+        raise NotImplementedError(pattern)
+    if tensor.shape[-1] % sizes["p2"] or tensor.shape[-2] % sizes["p1"]:
+        raise ValueError("sizes do not divide")
+    return F.pixel_unshuffle(tensor, sizes["p1"])
+
+
+class UsesRearrange(nn.Module):
+    input_kind = "mosaic"
+    outputs = ("rgb",)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 12, 3, padding=1)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.conv(rearrange(x, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=2, p2=2)), 2)
+
+
+def test_an_untraceable_function_is_kept_whole_through_fx_wrap():
+    from distill.features import trace_for_features
+    from models import build_model
+    from models.tracing import UntraceableNetworkError
+
+    with pytest.raises(UntraceableNetworkError) as caught:
+        prepare(UsesRearrange(), None)
+    assert "model.fx_wrap" in str(caught.value) and "\n" not in str(caught.value)
+
+    model = build_model(f"{__name__}:UsesRearrange", fx_wrap=[f"{__name__}.rearrange"])
+    qmodel = prepare(model, {"conv": {"input": 8}})
+    calls = [n for n in qmodel.graph.nodes if n.op == "call_function" and n.target is rearrange]
+    assert len(calls) == 1  # one opaque node, with the quantizers around it
+    assert {bits(q) for q in quantizers_into(qmodel, "conv")} == {8}
+    calibrate(qmodel, [torch.rand(1, 1, 32, 32)])
+    assert qmodel(torch.rand(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+    # The distillation / Hessian tracer keeps it whole too.
+    assert any(n.target is rearrange for n in trace_for_features(model).graph.nodes)
+
+    with pytest.raises(ValueError, match="did you mean 'rearrange'"):
+        build_model(f"{__name__}:UsesRearrange", fx_wrap=[f"{__name__}.rearange"])
