@@ -154,8 +154,11 @@ class _Samples:
             for index in range(inputs.shape[0]):
                 names = batch.get("name")
                 name = names[index] if isinstance(names, (list, tuple)) else f"sample{len(self.items)}"
+                ratio = batch.get("ratio")
+                ratio = float(ratio.reshape(-1)[index] if torch.is_tensor(ratio) and ratio.numel() > 1 else ratio) \
+                    if ratio is not None else math.nan
                 self.items.append({"input": inputs[index].cpu(), "rgb": rgb[index].cpu(), "name": name,
-                                   "ratio": math.nan})
+                                   "ratio": ratio})
 
     def __len__(self):
         return len(self.items)

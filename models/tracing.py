@@ -32,7 +32,7 @@ class UntraceableNetworkError(ValueError):
 ADVICE = ("keep that code opaque without editing it: list the function it calls in model.fx_wrap (e.g. "
           "'einops.rearrange') or its module class in model.fx_leaf_modules (e.g. 'package.module:ClassName'); "
           "or make it traceable: replace Python if/for/while on tensor values with tensor ops (torch.where, "
-          "masks, fixed loop counts)")
+          "masks, fixed loop counts), or move it into a free function decorated with torch.fx.wrap")
 WRAP_KEY, LEAF_KEY = "fx_wrap", "fx_leaf_modules"
 
 

@@ -2,6 +2,7 @@
 the last one): special_layer requests reach every quantizer on the path into the named layer, a
 request the prepared model does not honour stops with one line, and the plan's input bits agree.
 The networks are written here; the assertions read the prepared model's MQBench fake quantizers."""
+import copy
 import warnings
 
 import pytest
@@ -277,3 +278,98 @@ def test_an_untraceable_function_is_kept_whole_through_fx_wrap():
 
     with pytest.raises(ValueError, match="did you mean 'rearrange'"):
         build_model(f"{__name__}:UsesRearrange", fx_wrap=[f"{__name__}.rearange"])
+
+
+# ----------------------------------------------------------------------------- function nodes, listing
+
+class Residual(nn.Module):
+    """A residual block whose sum (`add`, a function node) feeds the next conv and, through a ReLU,
+    the output: a name distillation and the Hessian ranking must accept."""
+    input_kind = "mosaic"
+    outputs = ("rgb",)
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.after = nn.Conv2d(4, 12, 3, padding=1)
+
+    def forward(self, x):
+        packed = F.pixel_unshuffle(x, 2)
+        summed = self.act(self.inner(packed)) + packed
+        return F.pixel_shuffle(self.after(summed) + F.relu(summed).repeat(1, 3, 1, 1), 2)
+
+
+def test_distillation_at_an_add_node():
+    from distill import Distiller
+
+    torch.manual_seed(0)
+    teacher = Residual()
+    student = prepare(copy.deepcopy(teacher), None)  # QAT modules share the float model's tensors
+    calibrate(student, [torch.rand(1, 1, 32, 32)])
+    distiller = Distiller(student, teacher, ["add"], [1.0])
+    x = torch.rand(2, 1, 32, 32)
+    with pytest.raises(RuntimeError, match="run the student on the same input first"):
+        distiller(x)
+    student(x)
+    total, terms = distiller(x)
+    packed = F.pixel_unshuffle(x, 2)
+    expected_teacher = teacher.act(teacher.inner(packed)) + packed
+    assert torch.allclose(distiller.teacher_taps.outputs["add"], expected_teacher)
+    assert torch.allclose(terms["add"], F.mse_loss(distiller.student_taps.outputs["add"], expected_teacher))
+    total.backward()
+    assert student.get_submodule("inner").weight.grad.abs().sum() > 0
+    distiller.remove()
+    assert not [name for name, _ in student.named_modules() if "_distill_tap_" in name]
+    assert not [name for name, _ in distiller.teacher.named_modules() if "_distill_tap_" in name]
+
+
+def test_a_failed_attach_leaves_no_hooks_behind():
+    from distill import Distiller
+
+    teacher = Residual()
+    student = prepare(copy.deepcopy(teacher), None)  # QAT modules share the float model's tensors
+    with pytest.raises(ValueError, match="no layer 'ad'"):
+        Distiller(student, teacher, ["add", "ad"], [1.0, 1.0])
+    assert not student._forward_hooks and not student._forward_pre_hooks
+    assert all(not module._forward_hooks for module in student.modules())
+    assert all(p.requires_grad for p in teacher.parameters())  # the teacher was not frozen either
+    Distiller(student, teacher, ["add"], [1.0])  # the next attempt in the same process works
+
+
+def test_hessian_ranking_at_an_add_node():
+    from core.config import LossConfig
+    from core.loss import task_loss
+    from distill.hessian import hessian_trace_per_layer
+
+    torch.manual_seed(0)
+    model = Residual()
+    batches = [{"input": torch.rand(1, 1, 32, 32), "rgb": torch.rand(1, 3, 32, 32)}]
+    traces = hessian_trace_per_layer(model, ["add", "act"], batches,
+                                     lambda outputs, batch: task_loss(outputs, batch, LossConfig(), "mse"),
+                                     probes=4, progress=False)
+    assert set(traces) == {"add", "act"} and traces["add"].samples == 4
+    assert traces["add"].trace > 0 and traces["add"].elements == 4 * 16 * 16
+
+
+def test_the_layer_listing_names_every_node_with_its_quantizers(tmp_path, capsys):
+    import yaml
+    from tools.layers import main
+
+    config = tmp_path / "layers.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": f"{__name__}:PadFirst"}, "quant": True, "quant_scheme": W4A4,
+        "extra_quantizer_dict": {"special_layer": {"input_layer": 8}}, "device": "cpu"}))
+    rows = {row.name: row for row in main(["--config", str(config), "--size", "32", "--csv", str(tmp_path / "l.csv")])}
+    assert list(rows) == ["pad", "pixel_unshuffle", "head", "relu", "body", "relu_1", "tail", "pixel_shuffle"]
+    assert rows["pad"].op == "function pad" and rows["pad"].shape == "1x1x36x36"
+    # MQBench's "first layer at 8 bits" rule sees only convs fed by the graph input itself, so the pad
+    # keeps this conv's weights at the scheme's 4 bits: the listing shows it.
+    assert rows["head"].shape == "1x8x16x16" and rows["head"].weight_bits == "4"
+    assert sorted(rows["head"].input_quantizers) == ["pixel_unshuffle_post_act_fake_quantizer (8)",
+                                                     "x_post_act_fake_quantizer (8)"]
+    assert rows["head"].special_layer == ["weight", "activation", "input"]
+    assert rows["relu"].accepted_by() == "special_layer(activation) distill_config hessian"
+    assert rows["body"].input_quantizers == ["relu_post_act_fake_quantizer (4)"]
+    assert (tmp_path / "l.csv").read_text().count("\n") == len(rows) + 1
+    assert "pixel_unshuffle_post_act_fake_quantizer (8)" in capsys.readouterr().out
