@@ -12,8 +12,10 @@ Doing the typing in ONNX rather than in torch symbolics is what allows uint16/in
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import io
 import json
 import math
 import os
@@ -138,7 +140,8 @@ def measured_shape_rule(net: torch.nn.Module, kind: str) -> str:
             odd = max(3, (64 // multiple) | 1)
             side = multiple * odd
             try:
-                with torch.no_grad():
+                # A GraphModule prints the failing line of its generated code to stderr itself.
+                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                     outputs = _as_tuple(net(example_input(kind, 1, side, side, check_size=False)))
             except Exception:  # noqa: BLE001 - a size the network cannot take is what we are measuring
                 continue

@@ -93,8 +93,16 @@ def calibrate(qmodel: nn.Module, batches: Iterable, num_batches: Optional[int] =
     """Observe activation/weight ranges on `batches` (default: the scheme's calibration_batches), then
     turn fake quantization on (quant/prepare.py). Build the optimizer after this. Returns qmodel."""
     from quant import calibrate as calibrate_ranges
+    _require_quantized(qmodel, "calibrate", "qmodel")
     calibrate_ranges(qmodel, batches, num_batches=num_batches)
     return qmodel
+
+
+def _require_quantized(model: nn.Module, call: str, argument: str) -> None:
+    from quant import fake_quantizers
+    if not fake_quantizers(model):
+        raise ValueError(f"{call}: {argument} has no fake quantizers; pass the model lq.quantize(model, ...) "
+                         "returned (call order: quantize, calibrate, attach_distillation, train, export_onnx)")
 
 
 def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str], coefficients=0.1,
@@ -103,6 +111,7 @@ def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str
     moved to the student's device) and their weighted feature loss (distill/distiller.py). After
     `student(x)`, `distillation(x)` returns (total, {layer: distance}). `coefficients`: one number
     for every layer or one per layer."""
+    _require_quantized(student, "attach_distillation", "the student")
     layers = list(layers)
     if isinstance(coefficients, numbers.Real):
         coefficients = [float(coefficients)] * len(layers)

@@ -373,3 +373,76 @@ def test_the_layer_listing_names_every_node_with_its_quantizers(tmp_path, capsys
     assert rows["body"].input_quantizers == ["relu_post_act_fake_quantizer (4)"]
     assert (tmp_path / "l.csv").read_text().count("\n") == len(rows) + 1
     assert "pixel_unshuffle_post_act_fake_quantizer (8)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- API and smaller items
+
+class WidthIsChannels(nn.Module):
+    """A published constructor whose `width` is a channel count, not the harness's multiplier."""
+    input_kind = "mosaic"
+    outputs = ("rgb",)
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(4, width, 3, padding=1)
+        self.out = nn.Conv2d(width, 12, 1)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.out(self.conv(F.pixel_unshuffle(x, 2))), 2)
+
+
+def test_width_is_passed_only_when_given_and_constructor_failures_are_one_line():
+    from models import build_model
+
+    assert build_model(f"{__name__}:WidthIsChannels").conv.out_channels == 8  # its own default, not 1.0
+    with pytest.raises(ValueError) as caught:
+        build_model(f"{__name__}:WidthIsChannels", width=0.5)
+    message = str(caught.value)
+    assert message.startswith("model: WidthIsChannels(width=0.5) failed (") and "\n" not in message
+    with pytest.raises(ValueError, match="no argument 'widht'; did you mean 'width'"):
+        build_model(f"{__name__}:WidthIsChannels", kwargs={"widht": 4})
+
+
+def test_api_order_errors_and_no_ratio_keys_without_ratios():
+    import lowlight_qat as lq
+
+    model = lq.build_network(f"{__name__}:WidthIsChannels")
+    batches = [{"input": torch.rand(1, 1, 32, 32), "rgb": torch.rand(1, 3, 32, 32)}]
+    with pytest.raises(ValueError, match="pass the model lq.quantize"):
+        lq.calibrate(model, batches)
+    with pytest.raises(ValueError, match="the student has no fake quantizers"):
+        lq.attach_distillation(model, model, ["conv"])
+    means, _ = lq.evaluate(model, batches)
+    assert not [key for key in means if "nan" in key] and "psnr" in means
+    means, _ = lq.evaluate(model, [dict(batches[0], ratio=torch.tensor([100.0]))])
+    assert "psnr_x100" in means
+
+
+def test_export_report_size_rule_is_measured_on_the_network():
+    from deploy.onnx_export import measured_shape_rule
+
+    assert "downsamples the mosaic 2x" in measured_shape_rule(WidthIsChannels(), "mosaic")
+
+    class PoolsTwice(WidthIsChannels):  # packing, then two 2x poolings: 8x on the mosaic
+        def forward(self, x):
+            low = F.max_pool2d(F.max_pool2d(self.conv(F.pixel_unshuffle(x, 2)), 2), 2)
+            return F.pixel_shuffle(self.out(F.interpolate(low, scale_factor=4.0)), 2)
+
+    assert "downsamples the mosaic 8x" in measured_shape_rule(PoolsTwice(), "mosaic")
+
+
+def test_clip_input_clips_the_amplified_input_at_one(synthetic_sid_root, synthetic_sid_cache_dir):
+    from data.raw_cache import RawCache
+    from data.sid import SIDTrainDataset, finish_batch, read_list
+
+    pairs = read_list(synthetic_sid_root / "Sony_train_list.txt", synthetic_sid_root)[:1]
+    cache = RawCache(synthetic_sid_cache_dir)
+    plain = SIDTrainDataset(pairs, cache, 64, "mosaic").sample(0, 0, 0, False, False, False)["input"]
+    clipping = SIDTrainDataset(pairs, cache, 64, "mosaic", clip_input=True)
+    clipped = clipping.sample(0, 0, 0, False, False, False)["input"]
+    assert plain.max() > 1 and torch.equal(clipped, plain.clamp(max=1.0))
+    clipping.output_raw = True  # the loader's path: uint16 in the worker, arithmetic in finish_batch
+    raw = clipping.sample(0, 0, 0, False, False, False)
+    batch = finish_batch({k: (v[None] if torch.is_tensor(v) else [v]) for k, v in raw.items()}, "mosaic",
+                         clip_input=True)
+    assert torch.equal(batch["input"][0], clipped)
