@@ -428,4 +428,8 @@ def check_named_files(config: Config, source: str) -> None:
 
 
 def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    dumped = config.model_dump(mode="json")
+    if config.model.width_given is None:
+        # Unset, the network keeps its constructor's default; written out, a reload would pass it.
+        dumped["model"].pop("width", None)
+    return yaml.safe_dump(dumped, sort_keys=False)
