@@ -103,11 +103,12 @@ def _as_tuple(outputs) -> tuple:
 
 
 def _output_names(outputs, declared=None) -> list[str]:
-    """ONNX output names: the network's declared outputs (models/contract.py), an ignored one as
-    `output<i>`; without a declaration `rgb` or `mono, rgb` by count."""
+    """ONNX output names: the network's declared outputs (models/contract.py), `raw` as `denoised_raw`
+    (the input is `raw`), an ignored one as `output<i>`; without a declaration `rgb` or `mono, rgb`."""
     count = len(_as_tuple(outputs))
     if declared is not None and len(declared) == count:
-        return [name if name in ("rgb", "mono", "raw") else f"output{i}" for i, name in enumerate(declared)]
+        named = {"rgb": "rgb", "mono": "mono", "raw": "denoised_raw"}
+        return [named.get(name, f"output{i}") for i, name in enumerate(declared)]
     return {1: ["rgb"], 2: ["mono", "rgb"]}.get(count, [f"output{i}" for i in range(count)])
 
 
@@ -116,17 +117,22 @@ def _declared(model):
     return tuple(outputs) if isinstance(outputs, (tuple, list)) else None
 
 
-def _dynamic_axes(kind: str, output_names: list[str], outputs=None) -> dict:
+def _dynamic_axes(kind: str, output_names: list[str], outputs=None, example=None) -> dict:
+    """Dynamic batch and spatial axes; an output's spatial axes follow the mosaic (`height`) or the
+    packed input (`height_half`) as its size at the example input says, else only its batch is."""
     spatial = ("height", "width") if kind == "mosaic" else ("height_half", "width_half")
     axes = {INPUT_NAME: {0: "batch", 2: spatial[0], 3: spatial[1]}}
+    mosaic_width = None if example is None else example.shape[-1] * (1 if kind == "mosaic" else 2)
     for index, name in enumerate(output_names):
         tensor = _as_tuple(outputs)[index] if outputs is not None else None
-        if tensor is not None and tensor.ndim != 4:
-            axes[name] = {0: "batch"}  # e.g. an ignored vector output
-        elif name == "raw":
-            axes[name] = {0: "batch", 2: "height_half", 3: "width_half"}
+        if tensor is None or mosaic_width is None:
+            half = name == "denoised_raw"
+        elif tensor.ndim == 4 and tensor.shape[-1] in (mosaic_width, mosaic_width // 2):
+            half = tensor.shape[-1] != mosaic_width
         else:
-            axes[name] = {0: "batch", 2: "height", 3: "width"}
+            axes[name] = {0: "batch"}  # e.g. a pooled or vector output the harness ignores
+            continue
+        axes[name] = {0: "batch", 2: "height_half", 3: "width_half"} if half else {0: "batch", 2: "height", 3: "width"}
     return axes
 
 
@@ -546,7 +552,7 @@ def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, e
     with torch.no_grad():
         outputs = net(x)
     output_names = _output_names(outputs, _declared(model))
-    axes = _dynamic_axes(kind, output_names, outputs)
+    axes = _dynamic_axes(kind, output_names, outputs, x)
     proto = _set_opset(_torch_to_onnx(net, x, opset, output_names, axes), opset)
     _pin_static_output_dims(proto, outputs, axes)
     checks = {"checker": _checker(proto)}
@@ -667,7 +673,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
         else:
             setattr(parent, attr, _ActivationMarker(qid))
         by_id[qid] = spec
-    axes = _dynamic_axes(kind, output_names, reference_outputs)
+    axes = _dynamic_axes(kind, output_names, reference_outputs, x)
     proto = _torch_to_onnx(marked, x, opset, output_names, axes, custom_domain=True)
     _materialize_qdq(proto, by_id, folded)
     # The TorchScript exporter's shape inference gives the markers' outputs made-up symbolic dims

@@ -446,3 +446,23 @@ def test_clip_input_clips_the_amplified_input_at_one(synthetic_sid_root, synthet
     batch = finish_batch({k: (v[None] if torch.is_tensor(v) else [v]) for k, v in raw.items()}, "mosaic",
                          clip_input=True)
     assert torch.equal(batch["input"][0], clipped)
+
+
+def test_a_network_with_raw_and_ignored_outputs_exports_and_runs_in_onnxruntime(tmp_path):
+    import json
+
+    import lowlight_qat as lq
+
+    torch.manual_seed(0)
+    model = lq.build_network("examples.published_style_net:PublishedStyleNet", channels=8,
+                             fx_wrap=["examples.published_style_net.merge_windows"])
+    qmodel = lq.quantize(model, "w8a8", special_layers={"input_layer": 10})
+    lq.calibrate(qmodel, [{"input": torch.rand(1, 4, 32, 32)}])
+    report = lq.export_onnx(qmodel, tmp_path / "export")
+    assert report["passed"]
+    saved = json.loads((tmp_path / "export" / "export_report.json").read_text())
+    for kind in ("full_precision", "qdq"):
+        outputs = {o["name"]: o["shape"] for o in saved["models"][kind]["outputs"]}
+        assert outputs == {"rgb": ["batch", 3, "height", "width"],
+                           "denoised_raw": ["batch", 4, "height_half", "width_half"],
+                           "output2": ["batch", 1, "height_half", "width_half"]}
