@@ -280,6 +280,38 @@ def test_an_untraceable_function_is_kept_whole_through_fx_wrap():
         build_model(f"{__name__}:UsesRearrange", fx_wrap=[f"{__name__}.rearange"])
 
 
+class DataDependentGate(nn.Module):
+    """Branches in Python on a tensor value: untraceable, fine as one opaque module."""
+
+    def forward(self, x):
+        return x * 0.5 if float(x.detach().mean()) > 0.5 else x
+
+
+class UsesGate(UsesRearrange):
+    def __init__(self):
+        super().__init__()
+        self.gate = DataDependentGate()
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.conv(self.gate(F.pixel_unshuffle(x, 2))), 2)
+
+
+def test_an_untraceable_module_is_kept_opaque_through_fx_leaf_modules():
+    from distill.features import trace_for_features
+    from models import build_model
+    from models.tracing import UntraceableNetworkError
+
+    with pytest.raises(UntraceableNetworkError, match="module 'gate' .*model.fx_leaf_modules"):
+        prepare(UsesGate(), None)
+    model = build_model(f"{__name__}:UsesGate", fx_leaf_modules=[f"{__name__}:DataDependentGate"])
+    qmodel = prepare(model, None)
+    assert [n.target for n in qmodel.graph.nodes if n.op == "call_module" and n.target == "gate"] == ["gate"]
+    assert "gate" in [n.target for n in trace_for_features(model).graph.nodes]
+    calibrate(qmodel, [torch.rand(1, 1, 32, 32)])
+    x = torch.rand(1, 1, 32, 32)
+    assert qmodel(x).shape == model(x).shape
+
+
 # ----------------------------------------------------------------------------- function nodes, listing
 
 class Residual(nn.Module):
