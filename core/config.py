@@ -315,9 +315,10 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def _resolve_base(name: str, including: Path) -> Path:
-    # The user writes base paths relative to the repository root (`./configfile/aba_config.yaml`);
-    # also accept paths relative to the including file.
-    for candidate in (Path(name), including.parent / name):
+    # The user writes base paths relative to the repository root (`./configfile/aba_config.yaml`),
+    # usually running from there; the root itself is tried too, so the installed lowlight-* commands
+    # work from any folder. Paths relative to the including file are accepted as well.
+    for candidate in (Path(name), including.parent / name, Path(__file__).resolve().parents[1] / name):
         if candidate.is_file():
             return candidate
     raise ConfigError(f"config_file_path in {including}: file not found: {name}")
