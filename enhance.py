@@ -54,7 +54,8 @@ def amplification_ratio(path: Path, ratio=None, reference_exposure=None) -> floa
     return min(reference_exposure / exposure, MAXIMUM_RATIO)
 
 
-def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "mosaic") -> torch.Tensor:
+def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "mosaic",
+               clip_input: bool = False) -> torch.Tensor:
     """The network input (1, 1, H, W) of a raw file, as SIDEvalDataset builds it from the cache."""
     from data.sid import pack_raw
     with open_raw(path) as raw:
@@ -68,7 +69,7 @@ def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "
     if height == 0 or width == 0:
         raise ValueError(f"{path}: frame {visible[0]}x{visible[1]} is smaller than {EVAL_MULTIPLE}x{EVAL_MULTIPLE}")
     info = RawInfo(black_level=metadata["black_level"], white_level=metadata["white_level"])
-    normalised = normalise_mosaic(mosaic[:height, :width], info, ratio)
+    normalised = normalise_mosaic(mosaic[:height, :width], info, ratio, clip_input)
     network_input = pack_raw(normalised) if input_kind == "packed" else normalised[None]
     return torch.from_numpy(np.ascontiguousarray(network_input))[None]
 
@@ -84,6 +85,7 @@ def load_model(args, device):
     harness.runner.post_mortem = config.pdb_debug
     model = load_network(config, args.checkpoint, device)
     model.input_kind = getattr(model, "input_kind", None) or _input_kind(config)
+    model.clip_input = config.data.clip_input  # read_input prepares photos as the loader did in training
     return model
 
 
@@ -95,11 +97,11 @@ def _input_kind(config):
 def enhance(model, network_input: torch.Tensor, device, tile_size=None, overlap=64) -> np.ndarray:
     """RGB float32 HxWx3 in [0, 1]: what test.py scores for this input."""
     from harness.evaluate import predict
-    from models import split_outputs
+    from models import model_outputs, split_outputs
     # An ONNX graph has no modules to hook: each tile averages over itself in the channel attention.
     passes = 0 if isinstance(model, OnnxNetwork) else None
     with torch.no_grad():
-        _, rgb = split_outputs(predict(model, network_input.to(device), tile_size, overlap, passes))
+        _, rgb = split_outputs(predict(model, network_input.to(device), tile_size, overlap, passes), model_outputs(model))
     return rgb[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
@@ -163,7 +165,7 @@ def main(argv=None):
     written = []
     for path in tqdm(files, desc="enhance", unit="file", dynamic_ncols=True):
         ratio = amplification_ratio(path, args.ratio, args.reference_exposure)
-        network_input = read_input(path, ratio, args.crop, model.input_kind)
+        network_input = read_input(path, ratio, args.crop, model.input_kind, getattr(model, "clip_input", False))
         rgb = enhance(model, network_input, device, tile_size, args.tile_overlap)
         target = out_dir / f"{path.stem}.{'png' if args.format == 'png' else 'tif'}"
         write_bytes_atomic(target, encode_16bit(rgb, args.format))

@@ -33,6 +33,7 @@ from helpers.files import write_text_atomic  # noqa: E402
 from harness.setup import build_train_loader  # noqa: E402
 from harness.speed import Speed  # noqa: E402
 from data.synthetic import generate_synthetic_sid  # noqa: E402
+from models import declared_outputs  # noqa: E402
 from models.dbf_dble import DBFDBLE  # noqa: E402
 from harness.loss import task_loss  # noqa: E402
 from harness.training import batches_for_epoch  # noqa: E402
@@ -80,7 +81,7 @@ class Variant:
 
     def step(self, batch):
         outputs = self.network(batch["input"])
-        loss = task_loss(outputs, batch, self.config.loss)
+        loss = task_loss(outputs, batch, self.config.loss, declared=declared_outputs(self.config.model.name))
         if self.distillation is not None:
             with torch.no_grad():
                 self.distillation["teacher"](batch["input"])

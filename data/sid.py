@@ -1,7 +1,10 @@
 """SID (Sony) list files, evaluation protocols and the training / evaluation datasets.
 
 Inputs follow the DBF/DBLE and SID recipe: (raw - black) / (white - black), clamped at 0, times
-the exposure ratio, not clipped at 1. Targets are the cached postprocess() RGB / 65535 and its
+the exposure ratio, not clipped at 1 (`clip_input=True` clips at 1, as several published loaders do).
+With `raw_target=True` a sample also holds "raw": the long exposure's mosaic normalised the same way
+without the ratio, packed (4, H/2, W/2) as pack_raw, for networks with a denoised-raw output; the
+long exposure's raw is then decoded into the cache on first use. Targets are the cached postprocess() RGB / 65535 and its
 luma (0.2989 R + 0.5870 G + 0.1140 B). Datasets hold only pairs and a RawCache and read crops from
 memory maps opened per item, so memory stays flat however many pairs are listed.
 """
@@ -166,11 +169,14 @@ def prepare_split(
     return pairs
 
 
-def normalise_mosaic(raw: np.ndarray, info: RawInfo, ratio: float) -> np.ndarray:
-    """(raw - black) / (white - black), clamped at 0, times the ratio; float32, not clipped at 1."""
+def normalise_mosaic(raw: np.ndarray, info: RawInfo, ratio: float, clip: bool = False) -> np.ndarray:
+    """(raw - black) / (white - black), clamped at 0, times the ratio; float32, clipped at 1 only
+    with `clip`."""
     scaled = np.asarray(raw, dtype=np.float32) - np.float32(info.black_level)
     scaled *= np.float32(ratio / (info.white_level - info.black_level))
     np.maximum(scaled, 0.0, out=scaled)
+    if clip:
+        np.minimum(scaled, 1.0, out=scaled)
     return scaled
 
 
@@ -180,9 +186,10 @@ def pack_raw(mosaic: np.ndarray) -> np.ndarray:
 
 
 def _sample(
-    input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, input_kind: str, name: str
+    input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, input_kind: str, name: str,
+    long_patch=None, long_info=None, clip_input: bool = False,
 ) -> dict:
-    mosaic = normalise_mosaic(input_patch, info, ratio)
+    mosaic = normalise_mosaic(input_patch, info, ratio, clip_input)
     network_input = pack_raw(mosaic) if input_kind == "packed" else mosaic[None]
     rgb = np.ascontiguousarray(np.moveaxis(rgb_patch, 2, 0)).astype(np.float32)
     rgb /= np.float32(65535.0)
@@ -193,13 +200,22 @@ def _sample(
         "mono": torch.from_numpy(np.ascontiguousarray(mono[None], dtype=np.float32)),
         "ratio": torch.tensor(ratio, dtype=torch.float32),
         "name": name,
+        **({} if long_patch is None else
+           {"raw": torch.from_numpy(np.ascontiguousarray(pack_raw(normalise_mosaic(long_patch, long_info, 1.0))))}),
     }
 
 
-def _raw_sample(input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, name: str) -> dict:
+def _raw_sample(input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, name: str,
+                long_patch=None, long_info=None) -> dict:
     """What a loader worker ships: the uint16 patches and the two numbers that normalise the input
     (a quarter of the bytes of the float sample); finish_batch does the arithmetic on the device."""
+    long_entries = {} if long_patch is None else {
+        "long_raw": torch.from_numpy(np.ascontiguousarray(long_patch, dtype=np.uint16)),
+        "long_black": torch.tensor(np.float32(long_info.black_level)),
+        "long_factor": torch.tensor(np.float32(1.0 / (long_info.white_level - long_info.black_level))),
+    }
     return {
+        **long_entries,
         "input_raw": torch.from_numpy(np.ascontiguousarray(input_patch, dtype=np.uint16)),
         "rgb_raw": torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb_patch, 2, 0), dtype=np.uint16)),
         "black": torch.tensor(np.float32(info.black_level)),
@@ -210,7 +226,11 @@ def _raw_sample(input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch:
     }
 
 
-def finish_batch(batch: dict, input_kind: str, device=None) -> dict:
+def _pack_batch(mosaic: torch.Tensor) -> torch.Tensor:
+    return torch.stack((mosaic[:, 0::2, 0::2], mosaic[:, 0::2, 1::2], mosaic[:, 1::2, 1::2], mosaic[:, 1::2, 0::2]), dim=1)
+
+
+def finish_batch(batch: dict, input_kind: str, device=None, clip_input: bool = False) -> dict:
     """A collated batch of raw samples (see _raw_sample) as the float batch of `_sample`, computed on
     `device` with the same float32 operations in the same order, so it is bit-identical (tested)."""
     _check_input_kind(input_kind)
@@ -222,9 +242,10 @@ def finish_batch(batch: dict, input_kind: str, device=None) -> dict:
     scaled = moved("input_raw").float() - moved("black").view(-1, 1, 1)
     scaled *= moved("factor").view(-1, 1, 1)
     mosaic = scaled.clamp_min_(0.0)
+    if clip_input:
+        mosaic = mosaic.clamp_max_(1.0)
     if input_kind == "packed":
-        network_input = torch.stack((mosaic[:, 0::2, 0::2], mosaic[:, 0::2, 1::2], mosaic[:, 1::2, 1::2],
-                                     mosaic[:, 1::2, 0::2]), dim=1)
+        network_input = _pack_batch(mosaic)
     else:
         network_input = mosaic[:, None]
     # A device tensor as divisor: CUDA divides by a host scalar as a multiply by its reciprocal,
@@ -232,6 +253,10 @@ def finish_batch(batch: dict, input_kind: str, device=None) -> dict:
     rgb = moved("rgb_raw").float() / torch.tensor(65535.0, device=device)
     mono = LUMA_WEIGHTS[0] * rgb[:, 0] + LUMA_WEIGHTS[1] * rgb[:, 1] + LUMA_WEIGHTS[2] * rgb[:, 2]
     finished = {"input": network_input.contiguous(), "rgb": rgb, "mono": mono[:, None], "ratio": moved("ratio")}
+    if "long_raw" in batch:
+        long_scaled = moved("long_raw").float() - moved("long_black").view(-1, 1, 1)
+        long_scaled *= moved("long_factor").view(-1, 1, 1)
+        finished["raw"] = _pack_batch(long_scaled.clamp_min_(0.0)).contiguous()
     return {**finished, **{k: v for k, v in batch.items() if k not in finished and not torch.is_tensor(v)}}
 
 
@@ -248,6 +273,14 @@ def _open_pair(cache: RawCache, pair: SIDPair) -> tuple[np.memmap, RawInfo, np.m
             f"{pair.short_path}: mosaic {mosaic.shape} and ground truth {pair.long_path} {rgb.shape[:2]} differ in size"
         )
     return mosaic, info, rgb
+
+
+def _open_long_raw(cache: RawCache, pair: SIDPair, shape) -> tuple[np.memmap, RawInfo]:
+    """The long exposure's mosaic (the raw target), decoded into the cache on first use."""
+    mosaic, info = cache.mosaic(pair.long_path)
+    if mosaic.shape != tuple(shape):
+        raise ValueError(f"{pair.long_path}: long-exposure mosaic {mosaic.shape} and input {tuple(shape)} differ in size")
+    return mosaic, info
 
 
 class SIDTrainDataset(Dataset):
@@ -276,6 +309,8 @@ class SIDTrainDataset(Dataset):
         flip: bool = True,
         transpose: bool = False,
         seed: int = 0,
+        raw_target: bool = False,
+        clip_input: bool = False,
     ):
         _check_input_kind(input_kind)
         if patch_size <= 0 or patch_size % 2:
@@ -290,6 +325,8 @@ class SIDTrainDataset(Dataset):
         self.transpose = transpose
         self.seed = seed
         self.epoch = 0
+        self.raw_target = raw_target
+        self.clip_input = clip_input
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating an epoch (DataLoader workers get a fresh copy of the dataset)."""
@@ -318,15 +355,23 @@ class SIDTrainDataset(Dataset):
                 raise ValueError(f"{pair.short_path}: {size}px patch at {label}={offset} exceeds frame {height}x{width}")
         input_patch = np.array(mosaic[top : top + size, left : left + size])
         rgb_patch = np.array(rgb[top : top + size, left : left + size])
+        long_patch = long_info = None
+        if self.raw_target:
+            long_mosaic, long_info = _open_long_raw(self.cache, pair, mosaic.shape)
+            long_patch = np.array(long_mosaic[top : top + size, left : left + size])
         if flip_vertical:
             input_patch, rgb_patch = input_patch[::-1], rgb_patch[::-1]
+            long_patch = None if long_patch is None else long_patch[::-1]
         if flip_horizontal:
             input_patch, rgb_patch = input_patch[:, ::-1], rgb_patch[:, ::-1]
+            long_patch = None if long_patch is None else long_patch[:, ::-1]
         if transpose:
             input_patch, rgb_patch = input_patch.T, rgb_patch.transpose(1, 0, 2)
+            long_patch = None if long_patch is None else long_patch.T
         if self.output_raw:
-            return _raw_sample(input_patch, info, pair.ratio, rgb_patch, pair.name)
-        return _sample(input_patch, info, pair.ratio, rgb_patch, self.input_kind, pair.name)
+            return _raw_sample(input_patch, info, pair.ratio, rgb_patch, pair.name, long_patch, long_info)
+        return _sample(input_patch, info, pair.ratio, rgb_patch, self.input_kind, pair.name, long_patch, long_info,
+                       self.clip_input)
 
     def __getitem__(self, index) -> dict:
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
@@ -361,11 +406,14 @@ class SIDTrainDataset(Dataset):
 class SIDEvalDataset(Dataset):
     """Full frames, cut from the top-left to multiples of 32."""
 
-    def __init__(self, pairs: Sequence[SIDPair], cache: RawCache, input_kind: str):
+    def __init__(self, pairs: Sequence[SIDPair], cache: RawCache, input_kind: str, raw_target: bool = False,
+                 clip_input: bool = False):
         _check_input_kind(input_kind)
         self.pairs = list(pairs)
         self.cache = cache
         self.input_kind = input_kind
+        self.raw_target = raw_target
+        self.clip_input = clip_input
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -377,7 +425,12 @@ class SIDEvalDataset(Dataset):
         width = mosaic.shape[1] // EVAL_MULTIPLE * EVAL_MULTIPLE
         if height == 0 or width == 0:
             raise ValueError(f"{pair.short_path}: frame {mosaic.shape} is smaller than {EVAL_MULTIPLE}x{EVAL_MULTIPLE}")
-        sample = _sample(mosaic[:height, :width], info, pair.ratio, rgb[:height, :width], self.input_kind, pair.name)
+        long_patch = long_info = None
+        if self.raw_target:
+            long_mosaic, long_info = _open_long_raw(self.cache, pair, mosaic.shape)
+            long_patch = long_mosaic[:height, :width]
+        sample = _sample(mosaic[:height, :width], info, pair.ratio, rgb[:height, :width], self.input_kind, pair.name,
+                         long_patch, long_info, self.clip_input)
         sample["short_path"] = str(pair.short_path)
         return sample
 

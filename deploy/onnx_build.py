@@ -11,7 +11,9 @@ Doing the typing in ONNX rather than in torch symbolics is what allows uint16/in
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import tempfile
 import warnings
@@ -33,7 +35,7 @@ QDQ_OPSET_8BIT = 17  # per-channel QDQ needs >= 13
 QDQ_OPSET_16BIT = 21  # first opset whose QuantizeLinear/DequantizeLinear take int16/uint16 (and int4/uint4)
 TORCHSCRIPT_MAX_OPSET = 20
 MARKER_DOMAIN = "lowlight_export"
-SHAPE_RULE = "height and width must be multiples of 32 (the network downsamples 16x on packed input)"
+SHAPE_RULE = "height and width must be multiples of 32"
 
 
 # ----------------------------------------------------------------------------- model plumbing
@@ -56,8 +58,9 @@ def infer_input_kind(model: torch.nn.Module, input_kind: Optional[str] = None) -
     raise ValueError("cannot tell the network's input layout; pass input_kind='mosaic' or 'packed'")
 
 
-def example_input(kind: str, batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    if height <= 0 or width <= 0 or height % 32 or width % 32:
+def example_input(kind: str, batch: int, height: int, width: int, seed: int = 0,
+                  check_size: bool = True) -> torch.Tensor:
+    if check_size and (height <= 0 or width <= 0 or height % 32 or width % 32):
         raise ValueError(f"export size {height}x{width}: {SHAPE_RULE}")
     shape = (batch, 1, height, width) if kind == "mosaic" else (batch, 4, height // 2, width // 2)
     # A normalised, amplified raw frame lies mostly in [0, 1]; uniform noise covers that range.
@@ -68,16 +71,62 @@ def _as_tuple(outputs) -> tuple:
     return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
-def _output_names(outputs) -> list[str]:
+def _output_names(outputs, declared=None) -> list[str]:
+    """ONNX output names: the network's declared outputs (models/contract.py), `raw` as `denoised_raw`
+    (the input is `raw`), an ignored one as `output<i>`; without a declaration `rgb` or `mono, rgb`."""
     count = len(_as_tuple(outputs))
+    if declared is not None and len(declared) == count:
+        named = {"rgb": "rgb", "mono": "mono", "raw": "denoised_raw"}
+        return [named.get(name, f"output{i}") for i, name in enumerate(declared)]
     return {1: ["rgb"], 2: ["mono", "rgb"]}.get(count, [f"output{i}" for i in range(count)])
 
 
-def _dynamic_axes(kind: str, output_names: list[str]) -> dict:
+def _declared(model):
+    outputs = getattr(model, "outputs", None)
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else None
+
+
+def _dynamic_axes(kind: str, output_names: list[str], outputs=None, example=None) -> dict:
+    """Dynamic batch and spatial axes; an output's spatial axes follow the mosaic (`height`) or the
+    packed input (`height_half`) as its size at the example input says, else only its batch is."""
     spatial = ("height", "width") if kind == "mosaic" else ("height_half", "width_half")
     axes = {INPUT_NAME: {0: "batch", 2: spatial[0], 3: spatial[1]}}
-    axes.update({name: {0: "batch", 2: "height", 3: "width"} for name in output_names})
+    mosaic_width = None if example is None else example.shape[-1] * (1 if kind == "mosaic" else 2)
+    for index, name in enumerate(output_names):
+        tensor = _as_tuple(outputs)[index] if outputs is not None else None
+        if tensor is None or mosaic_width is None:
+            half = name == "denoised_raw"
+        elif tensor.ndim == 4 and tensor.shape[-1] in (mosaic_width, mosaic_width // 2):
+            half = tensor.shape[-1] != mosaic_width
+        else:
+            axes[name] = {0: "batch"}  # e.g. a pooled or vector output the harness ignores
+            continue
+        axes[name] = {0: "batch", 2: "height_half", 3: "width_half"} if half else {0: "batch", 2: "height", 3: "width"}
     return axes
+
+
+def measured_shape_rule(net: torch.nn.Module, kind: str) -> str:
+    """The size rule of the export report, measured on the network: the smallest power of two m such
+    that a mosaic whose sides are an odd multiple of m runs and gives full-size outputs."""
+    was_training = net.training
+    net.eval()
+    try:
+        for multiple in (2, 4, 8, 16, 32, 64):
+            odd = max(3, (64 // multiple) | 1)
+            side = multiple * odd
+            try:
+                # A GraphModule prints the failing line of its generated code to stderr itself.
+                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+                    outputs = _as_tuple(net(example_input(kind, 1, side, side, check_size=False)))
+            except Exception:  # noqa: BLE001 - a size the network cannot take is what we are measuring
+                continue
+            if all(t.ndim != 4 or t.shape[-1] in (side, side // 2) for t in outputs):
+                packed = f", {multiple // 2}x on its packed input" if kind == "packed" else ""
+                return (f"height and width must be multiples of {multiple} (measured: the network downsamples "
+                        f"the mosaic {multiple}x{packed}); the harness itself asks for multiples of 32")
+    finally:
+        net.train(was_training)
+    return SHAPE_RULE
 
 
 def _parent(model: torch.nn.Module, name: str):

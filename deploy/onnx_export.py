@@ -19,7 +19,7 @@ import torch
 from deploy.quantizers import ExportError, describe, fake_quantizers, fold_weight
 from deploy.transposed_conv import transposed_convs_as_integer_convs
 from deploy.onnx_build import (FP_OPSET, INPUT_NAME, QDQ_OPSET_16BIT, SHAPE_RULE, TORCHSCRIPT_MAX_OPSET, example_input,
-                               infer_input_kind, required_opset, _ActivationMarker, _as_tuple, _dynamic_axes,
+                               infer_input_kind, measured_shape_rule, required_opset, _ActivationMarker, _as_tuple, _declared, _dynamic_axes,
                                _frozen_quantized_copy, _io, _materialize_qdq, _observe, _opset_21_type, _output_names,
                                _parent, _pin_static_output_dims, _raise_opset, _save_model, _set_opset, _torch_to_onnx,
                                _WeightMarker, _without_quantizers)
@@ -41,8 +41,8 @@ def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, e
     x = example_input(kind, 1, *example_hw)
     with torch.no_grad():
         outputs = net(x)
-    output_names = _output_names(outputs)
-    axes = _dynamic_axes(kind, output_names)
+    output_names = _output_names(outputs, _declared(model))
+    axes = _dynamic_axes(kind, output_names, outputs, x)
     proto = _set_opset(_torch_to_onnx(net, x, opset, output_names, axes), opset)
     _pin_static_output_dims(proto, outputs, axes)
     checks = {"checker": _checker(proto)}
@@ -63,7 +63,7 @@ def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, e
     inputs, outputs = _io(proto)
     size = _save_model(proto, path)
     notes = ["exported from a fake-quantized model with its quantizers removed"] if fake_quantizers(model) else []
-    return ExportInfo("full_precision", str(path), opset, inputs, outputs, axes, SHAPE_RULE, size, checks,
+    return ExportInfo("full_precision", str(path), opset, inputs, outputs, axes, measured_shape_rule(net, kind), size, checks,
                       passed, notes=notes)
 
 
@@ -93,7 +93,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
                           f"DequantizeLinear, which exist from opset {QDQ_OPSET_16BIT}; asked for opset {opset}")
 
     reference_outputs, weights = _observe(reference, quantizers, specs, x)
-    output_names = _output_names(reference_outputs)
+    output_names = _output_names(reference_outputs, _declared(qmodel))
     for spec in specs:
         if spec.mismatch is not None and spec.mismatch > MISMATCH_LIMIT:
             raise ExportError(f"{spec.name} ({spec.cls}): a QuantizeLinear/DequantizeLinear pair with its scale and "
@@ -117,7 +117,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
         else:
             setattr(parent, attr, _ActivationMarker(qid))
         by_id[qid] = spec
-    axes = _dynamic_axes(kind, output_names)
+    axes = _dynamic_axes(kind, output_names, reference_outputs, x)
     proto = _torch_to_onnx(marked, x, opset, output_names, axes, custom_domain=True)
     _materialize_qdq(proto, by_id, folded)
     # The TorchScript exporter's shape inference gives the markers' outputs made-up symbolic dims
@@ -175,7 +175,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
     if any(s.clip for s in specs if s.enabled):
         notes.append("ranges narrower than their ONNX type (e.g. 10 bits in uint16) are held by a float Clip to "
                      "(quant_min - zp) * scale .. (quant_max - zp) * scale just before QuantizeLinear")
-    return ExportInfo("qdq", str(path), opset, inputs, outputs, axes, SHAPE_RULE, size, checks, passed,
+    return ExportInfo("qdq", str(path), opset, inputs, outputs, axes, measured_shape_rule(reference, kind), size, checks, passed,
                       quantizers=rows, notes=notes)
 
 

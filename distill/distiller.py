@@ -2,7 +2,7 @@
 on the named layers of both networks, and the feature loss."""
 import torch
 
-from distill.features import FeatureTaps, check_same_architecture, prepare_teacher
+from distill.features import FeatureTaps, check_same_architecture, trace_for_features
 from distill.loss import DistillationLoss
 
 
@@ -13,11 +13,20 @@ class Distiller:
     features of the student's last forward, which must have been on the same `inputs`."""
 
     def __init__(self, student, teacher, layer_names, coefficients, feature_loss="mse", extra_layer_names=()):
-        self.teacher = prepare_teacher(teacher)
+        # Traced but frozen only once everything is attached: a failed attach leaves the teacher
+        # (whose parameters the traced copy shares) trainable as it was.
+        self.teacher = trace_for_features(teacher)
         check_same_architecture(student, self.teacher)
         self.student_taps = FeatureTaps(student, layer_names, role="student", extra_layer_names=extra_layer_names)
-        self.teacher_taps = FeatureTaps(self.teacher, layer_names, role="teacher")
-        self.loss = DistillationLoss(layer_names, coefficients, feature_loss)
+        try:
+            self.teacher_taps = FeatureTaps(self.teacher, layer_names, role="teacher")
+            self.loss = DistillationLoss(layer_names, coefficients, feature_loss)
+            self.teacher.eval()
+            self.teacher.requires_grad_(False)
+        except BaseException:
+            self.student_taps.remove()  # a failed attach leaves the student as it was
+            raise
+        self.layer_names = list(layer_names)
 
     def to(self, device):
         self.teacher.to(device)
@@ -31,6 +40,15 @@ class Distiller:
         return outputs, total, terms
 
     def __call__(self, inputs):
+        missing = [name for name in self.layer_names if name not in self.student_taps.outputs]
+        if missing:
+            raise RuntimeError(f"distillation: no student features for {', '.join(missing)}; run the student on "
+                               "the same input first (outputs = student(x), then distillation(x))")
         with torch.no_grad():
             self.teacher(inputs)
         return self.loss(self.student_taps.outputs, self.teacher_taps.outputs)
+
+    def remove(self):
+        """Take the taps off the student (and the teacher): the student is then as before."""
+        self.student_taps.remove()
+        self.teacher_taps.remove()

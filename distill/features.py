@@ -32,9 +32,9 @@ from torch.ao.quantization import FakeQuantizeBase
 from torch.ao.quantization.observer import ObserverBase
 from torch.fx import GraphModule
 
-from helpers.graph_ops import is_rearranging
+from helpers.graph_ops import is_rearranging, unsupervised_nodes
 from helpers.names import nearest_text
-from models.tracing import explain_trace_failure
+from models.tracing import copy_tracing_hooks, explain_trace_failure, make_tracer
 
 # The activation modules whose outputs are the default candidates for the Hessian ranking.
 ACTIVATION_TYPES = (nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU,
@@ -55,11 +55,10 @@ def _is_quantization_module(module):
     return isinstance(module, (FakeQuantizeBase, ObserverBase))
 
 
-def _mqbench_tracer():
-    # The student is traced by MQBench's tracer; using the same one here keeps the teacher's leaf
-    # modules (and so its node and module names) identical to the student's.
-    from mqbench.prepare_by_platform import CustomedTracer
-    return CustomedTracer(customed_leaf_module=())
+def _mqbench_tracer(model):
+    # The student is traced by MQBench's tracer with the model's tracing hooks; using the same here
+    # keeps the teacher's leaf modules (and so its node and module names) identical to the student's.
+    return make_tracer(model)
 
 
 def _copy_sharing_tensors(module):
@@ -85,7 +84,7 @@ def trace_for_features(model, freeze=False):
         graph_module = model
     else:
         with explain_trace_failure(model):
-            graph = _mqbench_tracer().trace(model)
+            graph = _mqbench_tracer(model).trace(model)
         root = dict(model.named_modules())
         calls = {}
         for node in graph.nodes:
@@ -99,6 +98,10 @@ def trace_for_features(model, freeze=False):
                 root[node.target] = _get_attribute(model, node.target)
         graph.lint()
         graph_module = GraphModule(root, graph, type(model).__name__)
+        copy_tracing_hooks(model, graph_module)
+        for declared in ("input_kind", "outputs"):  # the network contract, dropped by GraphModule
+            if hasattr(model, declared):
+                setattr(graph_module, declared, getattr(model, declared))
     if freeze:
         graph_module.eval()
         graph_module.requires_grad_(False)
@@ -123,6 +126,37 @@ def _reused_call_targets(graph):
         if node.op == "call_module":
             (reused if node.target in seen else seen).add(node.target)
     return reused
+
+
+def function_node_names(model):
+    """Names of the traced function and method calls (`add_5`, `cat`, `mul_1`) in execution order:
+    distillation taps and the Hessian ranking accept them beside module names. MQBench keeps these
+    names when it prepares a model, so the student and the traced teacher agree on them."""
+    model = _unwrap(model)
+    if not isinstance(model, GraphModule):
+        raise ValueError(f"{type(model).__name__} is not traced; call trace_for_features(model) first")
+    return [node.name for node in model.graph.nodes if node.op in ("call_function", "call_method")]
+
+
+def tappable_names(model):
+    """Every name FeatureTaps accepts on a traced model: called modules, then function nodes."""
+    return merge_layer_names(called_module_names(model), function_node_names(model))
+
+
+def unsupervised_layers(model, names, declared):
+    """The given layer names (modules or function nodes) whose value reaches only outputs declared
+    "ignore" (helpers.graph_ops.unsupervised_nodes)."""
+    model = _unwrap(model)
+    lost = unsupervised_nodes(model, declared)
+    if not lost:
+        return []
+    node_of = {}
+    for node in model.graph.nodes:
+        if node.op == "call_module":
+            node_of.setdefault(node.target, node.name)
+        elif node.op in ("call_function", "call_method"):
+            node_of.setdefault(node.name, node.name)
+    return [name for name in names if node_of.get(name) in lost]
 
 
 def called_module_names(model):
@@ -197,25 +231,55 @@ class FeatureTaps:
         self.tap_points = {}
         self._handles = []
         model = _unwrap(model)
+        self._inserted = []  # (graph module, tap node, tapped node) of function-node taps, undone by remove()
         modules = dict(model.named_modules())
         graph = model.graph if isinstance(model, GraphModule) else None
         callable_names = called_module_names(model) if graph is not None else \
             [name for name, module in modules.items() if name and not _is_quantization_module(module)]
-        for name in self.layer_names:
-            if name not in callable_names:
+        functions = function_node_names(model) if graph is not None else []
+        for name in self.layer_names:  # every name checked before anything is hooked
+            if name not in callable_names and name not in functions:
                 hint = "" if graph is not None else " (the model is not traced: use trace_for_features)"
-                raise ValueError(f"{role}: no layer {name!r}{hint}; nearest: {nearest_text(name, callable_names)}")
-            tap = self._quantizer_reading(graph, modules, name) if (graph is not None and after_fake_quantizer) else None
-            self.tap_points[name] = tap or name
-            tapped = modules[self.tap_points[name]]
-            self._handles.append(tapped.register_forward_hook(self._recorder(name, tapped)))
+                raise ValueError(f"{role}: no layer {name!r}{hint}; nearest: "
+                                 f"{nearest_text(name, callable_names + functions)}")
+        try:
+            for name in self.layer_names:
+                tap = self._quantizer_reading(graph, modules, name) if (graph is not None and after_fake_quantizer) else None
+                if tap is None and name not in callable_names:
+                    tap = self._insert_function_tap(model, name)
+                    modules[tap] = model.get_submodule(tap)
+                self.tap_points[name] = tap or name
+                tapped = modules[self.tap_points[name]]
+                self._handles.append(tapped.register_forward_hook(self._recorder(name, tapped)))
+        except BaseException:
+            self.remove()  # nothing half-attached stays behind
+            raise
         # A new forward starts: forget the previous one so a stale tensor is never compared.
         self._handles.append(model.register_forward_pre_hook(
             lambda module, args: self.outputs.clear() if module is model else None))
 
+    def _insert_function_tap(self, model, name):
+        # A function's output has no module to hook: an Identity module is called on it (its users
+        # then read the Identity's output, the same tensor) and removed again by remove().
+        node = next(n for n in model.graph.nodes if n.name == name and n.op in ("call_function", "call_method"))
+        tap_name = f"_distill_tap_{name}"
+        model.add_submodule(tap_name, nn.Identity())
+        with model.graph.inserting_after(node):
+            tap_node = model.graph.call_module(tap_name, (node,))
+        node.replace_all_uses_with(tap_node, delete_user_cb=lambda user: user is not tap_node)
+        model.recompile()
+        self._inserted.append((model, tap_node, node))
+        return tap_name
+
     @staticmethod
     def _quantizer_reading(graph, modules, name):
         for node in graph.nodes:
+            if node.op in ("call_function", "call_method") and node.name == name:
+                users = list(node.users)
+                if users and all(user.op == "call_module" and isinstance(modules[user.target], FakeQuantizeBase)
+                                 for user in users):
+                    return users[0].target
+                return None
             if node.op == "call_module" and node.target == name:
                 users = list(node.users)
                 if users and all(user.op == "call_module" and isinstance(modules[user.target], FakeQuantizeBase)
@@ -244,6 +308,12 @@ class FeatureTaps:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for model, tap_node, node in reversed(getattr(self, "_inserted", [])):
+            tap_node.replace_all_uses_with(node)
+            model.graph.erase_node(tap_node)
+            model.delete_submodule(tap_node.target)
+            model.recompile()
+        self._inserted = []
 
     def __enter__(self):
         return self

@@ -33,6 +33,7 @@ trace of exactly 0. Use an MSE loss (the CLI's default).
 import csv
 import io
 import math
+import warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -41,7 +42,8 @@ from tqdm import tqdm
 
 from helpers.files import write_bytes_atomic, write_text_atomic
 from helpers.hessian_probes import model_input, probe_products, rademacher, to_device
-from distill.features import FeatureTaps, activation_layer_names, merge_layer_names, trace_for_features
+from distill.features import (FeatureTaps, activation_layer_names, merge_layer_names, trace_for_features,
+                              unsupervised_layers)
 
 
 @dataclass
@@ -77,6 +79,15 @@ def hessian_trace_per_layer(model, layer_names, batches, loss_fn, probes=32, see
         raise ValueError("batches: no batches given")
     graph = trace_for_features(model)
     names = merge_layer_names(layer_names) if layer_names else activation_layer_names(graph, include_outputs=False)
+    declared = getattr(getattr(model, "module", model), "outputs", None)
+    ignored = unsupervised_layers(graph, names, tuple(declared) if isinstance(declared, (tuple, list)) else None)
+    if ignored:
+        # No loss reaches them: their trace is 0 by construction, not a finding about the layer.
+        warnings.warn(f"hessian ranking: {len(ignored)} layer(s) reach only outputs declared 'ignore' and "
+                      f"{'are left out' if not layer_names else 'have no curvature'}: {', '.join(ignored)}",
+                      stacklevel=2)
+        if not layer_names:
+            names = [name for name in names if name not in ignored]
     taps = FeatureTaps(graph, names, role="model", after_fake_quantizer=False)  # checks the names first
     graph.to(device)
     was_training = graph.training

@@ -52,6 +52,9 @@ class DataConfig(Section):
     patch_size: int = 512  # training crop, in raw pixels
     flip: bool = True  # random flips of training crops
     transpose: bool = False
+    # Clip the amplified input at 1, as several published loaders do (DBF/DBLE and SID do not); set it
+    # when loading weights trained that way.
+    clip_input: bool = False
     # auto: from the CPUs this process may use (harness/setup.py: loader_workers); 0 = load in-process.
     num_workers: Union[int, Literal["auto"]] = "auto"
     decode_workers: int = 2
@@ -96,6 +99,15 @@ class ModelConfig(Section):
     name: str = "dbf_dble"
     width: float = Field(1.0, gt=0)  # channel multiplier; 1.0 = the published network
     kwargs: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the network's constructor
+    # Tracing hooks (models/tracing.py): functions kept as one graph node ("einops.rearrange") and
+    # module classes kept opaque ("package.module:ClassName"), for networks torch.fx cannot trace.
+    fx_wrap: list[str] = Field(default_factory=list)
+    fx_leaf_modules: list[str] = Field(default_factory=list)
+
+    @property
+    def width_given(self) -> Optional[float]:
+        """`width` when the config sets it, else None: a plug-in's own default then applies."""
+        return self.width if "width" in self.model_fields_set else None
 
     @field_validator("name")
     @classmethod
@@ -118,6 +130,16 @@ class ModelConfig(Section):
         from models import check_kwargs, resolve_network
         if "name" in info.data:
             check_kwargs(resolve_network(info.data["name"]), value, where=None)
+        return value
+
+    @field_validator("fx_wrap", "fx_leaf_modules")
+    @classmethod
+    def _hooks_resolve(cls, value, info):
+        from models.tracing import resolve_tracing_hooks
+        if info.field_name == "fx_wrap":
+            resolve_tracing_hooks(fx_wrap=value, where="model")
+        else:
+            resolve_tracing_hooks(fx_leaf_modules=value, where="model")
         return value
 
 
@@ -143,9 +165,11 @@ class ScheduleConfig(Section):
 
 
 class LossConfig(Section):
-    """The task loss: L1 on each head, weighted."""
+    """The task loss: L1 on each head, weighted. One weight per supervised network output
+    (models/contract.py); unused outputs' weights are ignored."""
     mono_weight: float = 1.0  # L1 on the mono head (networks with one)
     rgb_weight: float = 1.0  # L1 on the RGB output
+    raw_weight: float = 1.0  # L1 on the denoised packed raw (networks that declare a raw output)
 
 
 class ValConfig(Section):
@@ -302,9 +326,10 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def _resolve_base(name: str, including: Path) -> Path:
-    # The user writes base paths relative to the repository root (`./configfile/aba_config.yaml`);
-    # also accept paths relative to the including file.
-    for candidate in (Path(name), including.parent / name):
+    # The user writes base paths relative to the repository root (`./configfile/aba_config.yaml`),
+    # usually running from there; the root itself is tried too, so the installed lowlight-* commands
+    # work from any folder. Paths relative to the including file are accepted as well.
+    for candidate in (Path(name), including.parent / name, Path(__file__).resolve().parents[1] / name):
         if candidate.is_file():
             return candidate
     raise ConfigError(f"config_file_path in {including}: file not found: {name}")
@@ -415,4 +440,8 @@ def check_named_files(config: Config, source: str) -> None:
 
 
 def dump_config(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    dumped = config.model_dump(mode="json")
+    if config.model.width_given is None:
+        # Unset, the network keeps its constructor's default; written out, a reload would pass it.
+        dumped["model"].pop("width", None)
+    return yaml.safe_dump(dumped, sort_keys=False)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from helpers.files import write_bytes_atomic
 from helpers.metrics import psnr, ssim, to_image
 from helpers.ratios import means_by_ratio
-from models import split_outputs
+from models import model_outputs, split_outputs
 
 # Five 2x max-poolings separate the DBF/DBLE input from its coarsest features (four after the
 # SID U-Net's packing). Tiles cut on this grid see the same pooling windows as the whole frame,
@@ -311,11 +311,12 @@ def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, ove
     for module in observing:
         module.observer_enabled[0] = 0
     rows = []
+    declared = model_outputs(model)
     try:
         for index in tqdm(range(len(dataset)), desc=description, leave=False, dynamic_ncols=True):
             item = dataset[index]
             inputs = item["input"].unsqueeze(0).to(device)
-            mono, rgb = split_outputs(predict_fitting(model, inputs, tile_size, overlap, statistics_passes))
+            mono, rgb = split_outputs(predict_fitting(model, inputs, tile_size, overlap, statistics_passes), declared)
             prediction = rgb[0].float().clamp(0, 1).cpu()
             target = item["rgb"]
             row = {"file": Path(item.get("short_path", item["name"])).name, "ratio": float(item["ratio"]),

@@ -3,13 +3,15 @@ a center crop that keeps the Bayer phase, and the run's task loss with a smooth 
 import torch
 
 from harness.loss import task_loss
+from models import declared_outputs
 
 CROP_MULTIPLE = 32  # keeps the Bayer phase (even offsets) and the network's size constraint
 
 
 def ranking_loss(kind, config):
     """Loss of (network outputs, batch) used for the curvature: the task loss with MSE (default) or L1."""
-    return lambda outputs, batch: task_loss(outputs, batch, config.loss, distance=kind)
+    declared = declared_outputs(config.model.name)
+    return lambda outputs, batch: task_loss(outputs, batch, config.loss, distance=kind, declared=declared)
 
 
 def center_crop(batch, size):

@@ -12,7 +12,7 @@ from data.raw_cache import RawCache
 from data.sid import (SIDEvalDataset, SIDTrainDataset, finish_batch, prepare_split, read_list, resolve_list_file,
                       select_pairs, select_training_pairs)
 from data.synthetic import generate_synthetic_sid
-from models import build_model, input_kind as network_input_kind
+from models import build_model, declared_outputs, input_kind as network_input_kind
 from checkpoints.weights import load_weights
 
 
@@ -156,7 +156,7 @@ class TrainLoader:
 
     def __iter__(self):
         for batch in self.loader:
-            yield finish_batch(batch, self.dataset.input_kind, self.device)
+            yield finish_batch(batch, self.dataset.input_kind, self.device, self.dataset.clip_input)
 
 
 def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0, world_size: int = 1,
@@ -169,27 +169,36 @@ def build_train_loader(config: Config, input_kind: str, seed: int, rank: int = 0
         raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {world_size} processes; "
                           f"use a multiple of {world_size}")
     dataset = SIDTrainDataset(split_pairs(config, "train"), _cache(config), config.data.patch_size, input_kind,
-                              flip=config.data.flip, transpose=config.data.transpose, seed=seed)
+                              flip=config.data.flip, transpose=config.data.transpose, seed=seed,
+                              raw_target=_needs_raw_target(config), clip_input=config.data.clip_input)
     sampler = EpochIndexSampler(DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                                    seed=seed))
     workers = loader_workers(config.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     return TrainLoader(dataset, sampler, config.batch_size // world_size, workers, device, seed)
 
 
-def build_eval_dataset(config: Config, split: str, input_kind: str):
-    return SIDEvalDataset(split_pairs(config, split), _cache(config), input_kind)
+def build_eval_dataset(config: Config, split: str, input_kind: str, raw_target: bool = False):
+    """Full frames; `raw_target` adds the long exposure's packed raw (scoring needs only RGB)."""
+    return SIDEvalDataset(split_pairs(config, split), _cache(config), input_kind, raw_target=raw_target,
+                          clip_input=config.data.clip_input)
+
+
+def _needs_raw_target(config: Config) -> bool:
+    # The long exposure's raw is read (and cached) only for networks that declare a raw output.
+    return "raw" in declared_outputs(config.model.name)
 
 
 def build_eval_batches(config: Config, split: str = "val", count: int = 4, input_kind=None):
     """A few full-frame batches (batch size 1) for calibration-free tools such as the Hessian ranking."""
     input_kind = input_kind or network_input_kind(config.model.name)
-    dataset = build_eval_dataset(config, split, input_kind)
+    dataset = build_eval_dataset(config, split, input_kind, raw_target=_needs_raw_target(config))
     return [{k: (v.unsqueeze(0) if torch.is_tensor(v) else v) for k, v in dataset[i].items()}
             for i in range(min(count, len(dataset)))]
 
 
 def build_float_model(config: Config, weights=None):
-    model = build_model(config.model.name, config.model.width, config.model.kwargs)
+    model = build_model(config.model.name, config.model.width_given, config.model.kwargs,
+                        fx_wrap=config.model.fx_wrap, fx_leaf_modules=config.model.fx_leaf_modules)
     if weights:
         load_weights(model, weights)
     return model

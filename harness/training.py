@@ -34,7 +34,7 @@ from harness.setup import (build_eval_dataset, build_float_model, build_train_lo
 from harness.speed import Speed
 from helpers.files import (check_writable, remove_folder, remove_stale_temporaries, safetensors_metadata,
                            save_safetensors_atomic, torch_save_atomic, write_csv_atomic, write_text_atomic)
-from models import input_kind as model_input_kind
+from models import declared_outputs, input_kind as model_input_kind
 from quant import (calibrate, format_quant_plan, load_quantized_state, param_groups, prepare_quantized_model,
                    quant_plan_rows, quantized_state, write_quant_plan)
 from quant.cost import plan_cost_summary
@@ -154,7 +154,7 @@ def train_one_epoch(state, loader, epoch, context):
             outputs = state.network(batch["input"])
         else:  # the student's forward, the teacher's and the feature loss in one call
             outputs, distill_total, distill_terms = context.distiller.forward(state.network, batch["input"])
-        loss = task_loss(outputs, batch, config.loss)
+        loss = task_loss(outputs, batch, config.loss, declared=declared_outputs(config.model.name))
         terms = {"task_loss": loss.item()}
         if context.distiller is not None:
             loss = loss + distill_total

@@ -15,7 +15,9 @@ def means_by_ratio(rows: list[dict], keys=("psnr", "ssim")) -> dict:
     """{'psnr_x100': mean, ..., 'images_x100': n} over the rows of each ratio, ratios in ascending order.
     The image-weighted average of the per-ratio means is the overall mean."""
     means = {}
-    for ratio in sorted({float(row["ratio"]) for row in rows}):
+    # Images without a known ratio (NaN, e.g. API batches without one) count only in the overall means.
+    ratios = {float(row["ratio"]) for row in rows}
+    for ratio in sorted(r for r in ratios if not math.isnan(r)):
         selected = [row for row in rows if float(row["ratio"]) == ratio]
         label = ratio_label(ratio)
         for key in keys:

@@ -43,10 +43,13 @@ __all__ = ["build_network", "check_network", "check_traceable", "load_weights", 
            "evaluate", "UntraceableNetworkError"]
 
 
-def build_network(name: str, width: float = 1.0, **kwargs) -> nn.Module:
+def build_network(name: str, width: Optional[float] = None, *, fx_wrap=(), fx_leaf_modules=(),
+                  **kwargs) -> nn.Module:
     """A network by registered name ('dbf_dble', 'sid_unet') or import path 'package.module:ClassName'
-    (models/__init__.py), its contract checked (models/contract.py); `kwargs` go to its constructor."""
-    return build_model(name, width, kwargs)
+    (models/__init__.py), its contract checked (models/contract.py); `kwargs` go to its constructor,
+    `width` only when given. `fx_wrap` / `fx_leaf_modules`: tracing hooks (models/tracing.py), e.g.
+    fx_wrap=["einops.rearrange"], kept on the model for quantize, distillation and the ranking."""
+    return build_model(name, width, kwargs, fx_wrap=fx_wrap, fx_leaf_modules=fx_leaf_modules)
 
 
 def check_network(model: nn.Module) -> nn.Module:
@@ -90,8 +93,16 @@ def calibrate(qmodel: nn.Module, batches: Iterable, num_batches: Optional[int] =
     """Observe activation/weight ranges on `batches` (default: the scheme's calibration_batches), then
     turn fake quantization on (quant/prepare.py). Build the optimizer after this. Returns qmodel."""
     from quant import calibrate as calibrate_ranges
+    _require_quantized(qmodel, "calibrate", "qmodel")
     calibrate_ranges(qmodel, batches, num_batches=num_batches)
     return qmodel
+
+
+def _require_quantized(model: nn.Module, call: str, argument: str) -> None:
+    from quant import fake_quantizers
+    if not fake_quantizers(model):
+        raise ValueError(f"{call}: {argument} has no fake quantizers; pass the model lq.quantize(model, ...) "
+                         "returned (call order: quantize, calibrate, attach_distillation, train, export_onnx)")
 
 
 def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str], coefficients=0.1,
@@ -101,6 +112,7 @@ def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str
     `distillation.forward(student, x)` runs both networks and returns (student outputs, total,
     {layer: distance}); the older form, `distillation(x)` after `student(x)`, returns (total, {layer:
     distance}). `coefficients`: one number for every layer or one per layer."""
+    _require_quantized(student, "attach_distillation", "the student")
     layers = list(layers)
     if isinstance(coefficients, numbers.Real):
         coefficients = [float(coefficients)] * len(layers)
@@ -108,10 +120,11 @@ def attach_distillation(student: nn.Module, teacher: nn.Module, layers: list[str
     return Distiller(student, teacher, layers, coefficients, feature_loss).to(device)
 
 
-def mse_task_loss(outputs, batch) -> torch.Tensor:
+def mse_task_loss(outputs, batch, declared=None) -> torch.Tensor:
     """The task loss with MSE and unit weights (harness/loss.py), the Hessian ranking's default: L1 has
-    no curvature on piecewise-linear layers (distill/hessian.py). Two-output networks need batch['mono']."""
-    return task_loss(outputs, batch, LossConfig(), distance="mse")
+    no curvature on piecewise-linear layers (distill/hessian.py). `declared`: the network's `outputs`
+    (None reads a pair as (mono, rgb)); every supervised output needs its target in the batch."""
+    return task_loss(outputs, batch, LossConfig(), distance="mse", declared=declared)
 
 
 def rank_layers(model: nn.Module, batches: Iterable, loss=mse_task_loss, layers: Optional[list[str]] = None,
@@ -120,6 +133,10 @@ def rank_layers(model: nn.Module, batches: Iterable, loss=mse_task_loss, layers:
     respect to each (distill/hessian.py); rows best first, each with .layer, .trace, .stderr, .rank.
     Default layers: every activation module except the network outputs."""
     from distill import rank_layers as rank
+    from models import model_outputs
+    if loss is mse_task_loss:
+        declared = model_outputs(model)
+        loss = lambda outputs, batch: mse_task_loss(outputs, batch, declared)  # noqa: E731
     device = next(model.parameters()).device
     return rank(model, list(batches), loss, layer_names=layers, probes=probes, seed=seed, device=device,
                 progress=progress)
@@ -147,8 +164,11 @@ class _Samples:
             for index in range(inputs.shape[0]):
                 names = batch.get("name")
                 name = names[index] if isinstance(names, (list, tuple)) else f"sample{len(self.items)}"
+                ratio = batch.get("ratio")
+                ratio = float(ratio.reshape(-1)[index] if torch.is_tensor(ratio) and ratio.numel() > 1 else ratio) \
+                    if ratio is not None else math.nan
                 self.items.append({"input": inputs[index].cpu(), "rgb": rgb[index].cpu(), "name": name,
-                                   "ratio": math.nan})
+                                   "ratio": ratio})
 
     def __len__(self):
         return len(self.items)

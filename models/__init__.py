@@ -1,13 +1,16 @@
 """Networks chosen by `model.name` in the config: a registered name below, or an import path
 `package.module:ClassName` of any network that follows models/contract.py (`model.kwargs` go to its
 constructor; `model.width` to networks whose constructor takes `width`)."""
+import functools
 import inspect
+from typing import Optional
 
-from models.contract import check_declared, check_outputs, message_prefix
+from models.contract import check_declared, check_outputs, message_prefix, named_outputs
 from models.dbf_dble import DBFDBLE
 from helpers.names import nearest
 from models.plugins import is_import_path, resolve_import_path
 from models.sid_unet import SIDUNet
+from models.tracing import set_tracing_hooks
 
 # The one list of built-in names; harness/config.py validates model.name against it.
 MODELS = {"dbf_dble": DBFDBLE, "sid_unet": SIDUNet}
@@ -36,9 +39,9 @@ def _label(where, key) -> str:
     return f"{where}.{key}: " if where else ""
 
 
-def check_width(network_class: type, width: float, where: str = "model") -> None:
+def check_width(network_class: type, width: Optional[float], where: str = "model") -> None:
     """`model.width` reaches networks whose constructor takes `width`; elsewhere only 1.0 is valid."""
-    if width != 1.0 and "width" not in inspect.signature(network_class).parameters:
+    if width is not None and width != 1.0 and "width" not in inspect.signature(network_class).parameters:
         raise ValueError(f"{_label(where, 'width')}{network_class.__name__} takes no width argument; "
                          "set its size through model.kwargs")
 
@@ -61,20 +64,37 @@ def check_kwargs(network_class: type, kwargs, where: str = "model") -> None:
         raise ValueError(f"{_label(where, 'kwargs')}{name} needs {', '.join(missing)}")
 
 
-def constructor_arguments(network_class: type, width: float = 1.0, kwargs=None, where: str = "model") -> dict:
-    """Keyword arguments for the network's constructor: `kwargs`, plus `width` where it takes one."""
+def constructor_arguments(network_class: type, width: Optional[float] = None, kwargs=None,
+                          where: str = "model") -> dict:
+    """Keyword arguments for the network's constructor: `kwargs`, plus `width` where it takes one and
+    it was given (None: the constructor's own default, which may not be a channel multiplier)."""
     check_width(network_class, width, where)
     check_kwargs(network_class, kwargs, where)
     arguments = dict(kwargs or {})
-    if "width" in inspect.signature(network_class).parameters:
+    if width is not None and "width" in inspect.signature(network_class).parameters:
         arguments.setdefault("width", width)
     return arguments
 
 
-def build_model(name: str, width: float = 1.0, kwargs=None, check: bool = True):
-    """Build the network and (with `check`) run one small forward to check its declared outputs."""
+def _arguments_text(arguments: dict) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in arguments.items()) or "no arguments"
+
+
+def build_model(name: str, width: Optional[float] = None, kwargs=None, check: bool = True, fx_wrap=(),
+                fx_leaf_modules=()):
+    """Build the network and (with `check`) run one small forward to check its declared outputs.
+    `width`: None passes none (the constructor's default); `fx_wrap` / `fx_leaf_modules`: tracing
+    hooks stored on the model (models/tracing.py). Any constructor failure is one ValueError line
+    naming the class and the arguments it got."""
     network_class = resolve_network(name)
-    model = network_class(**constructor_arguments(network_class, width, kwargs))
+    arguments = constructor_arguments(network_class, width, kwargs)
+    try:
+        model = network_class(**arguments)
+    except Exception as error:  # noqa: BLE001 - the user's constructor: name it and what it was given
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"model: {network_class.__name__}({_arguments_text(arguments)}) failed "
+                         f"({type(error).__name__}: {message}); check model.kwargs / model.width") from None
+    set_tracing_hooks(model, fx_wrap, fx_leaf_modules)
     if check:
         check_outputs(model, f"model.name {name}")
     return model
@@ -85,8 +105,22 @@ def input_kind(name: str) -> str:
     return resolve_network(name).input_kind
 
 
-def split_outputs(outputs):
-    """(mono or None, rgb) whatever the network returns: DBF/DBLE gives both, the U-Net RGB only."""
-    if isinstance(outputs, (tuple, list)):
-        return outputs[0], outputs[1]
-    return None, outputs
+@functools.lru_cache(maxsize=None)
+def declared_outputs(name: str) -> tuple:
+    """The `outputs` a network declares (models/contract.py), without building it."""
+    return tuple(resolve_network(name).outputs)
+
+
+def model_outputs(model):
+    """The `outputs` a built (or traced, or DDP-wrapped) network declares, None when it declares none."""
+    while hasattr(model, "module") and not hasattr(model, "outputs"):
+        model = model.module
+    outputs = getattr(model, "outputs", None)
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else None
+
+
+def split_outputs(outputs, declared=None):
+    """(mono or None, rgb) of what the network returns, read by its declared outputs (a tuple is
+    (mono, rgb) and a tensor rgb when `declared` is None, as DBF/DBLE and the U-Net return them)."""
+    named = named_outputs(outputs, declared)
+    return named.get("mono"), named["rgb"]

@@ -8,19 +8,31 @@ built, so a network that breaks the contract stops with one line naming what is 
                                    # level subtracted, amplified by the exposure ratio
                                    # or "packed": (B,4,H/2,W/2), channels R, G, B, G (SID's pack_raw)
         outputs = ("rgb",)         # forward returns RGB (B,3,H,W) at the mosaic's resolution
-                                   # or ("mono", "rgb"): a tuple (mono (B,1,H,W), rgb (B,3,H,W)),
-                                   # both supervised (loss.mono_weight, loss.rgb_weight)
+
+`outputs` names what forward returns, in order (a tuple when there is more than one). It must hold
+"rgb" once; the others are any of
+    "mono"    (B,1,H,W)     supervised against the ground truth's luma (loss.mono_weight)
+    "raw"     (B,4,H/2,W/2) the denoised packed raw (R, G, B, G as pack_raw), supervised against the
+                            long exposure's packed raw normalised like the input, without the ratio
+                            (loss.raw_weight; the loader then also reads the long exposure's raw)
+    "ignore"  anything: an output the harness has no target for (attention maps, features); the
+              graph parts that reach only ignored outputs are reported (quant plan, Hessian ranking)
+e.g. ("mono", "rgb") for DBF/DBLE, ("rgb", "raw") for a network with a denoised-raw head.
 
 H and W are multiples of 32 (data.patch_size), so a network may pool up to 5 times on the mosaic.
 For quantization, distillation and the Hessian ranking the network must also be traceable by
-torch.fx (see models/tracing.py).
+torch.fx (see models/tracing.py; `model.fx_wrap` / `model.fx_leaf_modules` keep untraceable code
+opaque without editing it).
 """
 import torch
 import torch.nn as nn
 
 from helpers.input_kinds import INPUT_KINDS
+from helpers.names import nearest
 
-OUTPUT_KINDS = (("rgb",), ("mono", "rgb"))
+SUPERVISED_OUTPUTS = ("rgb", "mono", "raw")
+IGNORED_OUTPUT = "ignore"
+OUTPUT_NAMES = SUPERVISED_OUTPUTS + (IGNORED_OUTPUT,)
 # Small enough to cost nothing, large enough for 5 poolings of the mosaic (32 pixels -> 1).
 CHECK_SIZE = 64
 
@@ -45,10 +57,40 @@ def check_declared(network_class: type, where: str) -> None:
     outputs = getattr(network_class, "outputs", None)
     if outputs is None:
         raise ValueError(f"{message_prefix(where)}{name} declares no outputs; add the class attribute "
-                         "outputs = ('rgb',) or ('mono', 'rgb') (see models/contract.py)")
-    if (tuple(outputs) if isinstance(outputs, (tuple, list)) else outputs) not in OUTPUT_KINDS:
-        raise ValueError(f"{message_prefix(where)}{name}.outputs is {outputs!r}; use ('rgb',) or ('mono', 'rgb') "
-                         "(see models/contract.py)")
+                         "outputs = ('rgb',), ('mono', 'rgb') or e.g. ('rgb', 'raw') (see models/contract.py)")
+    problem = outputs_problem(outputs)
+    if problem:
+        raise ValueError(f"{message_prefix(where)}{name}.outputs is {outputs!r}: {problem} (see models/contract.py)")
+
+
+def outputs_problem(outputs) -> str:
+    """Why a declared `outputs` is not valid, or '' when it is."""
+    if isinstance(outputs, str) or not isinstance(outputs, (tuple, list)) or not outputs:
+        return "give a tuple of output names such as ('rgb',) or ('rgb', 'raw')"
+    for output in outputs:
+        if output not in OUTPUT_NAMES:
+            close = nearest(str(output), OUTPUT_NAMES)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return f"unknown output {output!r}; {hint}names: {', '.join(OUTPUT_NAMES)}"
+    supervised = [o for o in outputs if o != IGNORED_OUTPUT]
+    if len(set(supervised)) != len(supervised):
+        return "each of rgb, mono, raw may appear once"
+    if "rgb" not in outputs:
+        return "the harness scores 'rgb': declare which output it is"
+    return ""
+
+
+def named_outputs(returned, declared) -> dict:
+    """{name: tensor} of what forward returned, by the declared `outputs`; ignored outputs are left out.
+    Without a declaration (None) a tuple is read as (mono, rgb) and a tensor as rgb, as DBF/DBLE and the
+    U-Net return them."""
+    tensors = tuple(returned) if isinstance(returned, (tuple, list)) else (returned,)
+    if declared is None:
+        declared = ("mono", "rgb") if len(tensors) == 2 else ("rgb",)
+    declared = tuple(declared)
+    if len(tensors) != len(declared):
+        raise ValueError(f"the network returned {len(tensors)} outputs but declares outputs = {declared}")
+    return {name: tensor for name, tensor in zip(declared, tensors) if name != IGNORED_OUTPUT}
 
 
 def example_input(input_kind: str, size: int = CHECK_SIZE, batch: int = 1) -> torch.Tensor:
@@ -88,14 +130,15 @@ def check_outputs(model: nn.Module, where: str) -> None:
                          f"({type(error).__name__}: {message})") from None
     finally:
         model.train(was_training)
-    expected = {"mono": (1, CHECK_SIZE, CHECK_SIZE), "rgb": (3, CHECK_SIZE, CHECK_SIZE)}
-    wanted = " and ".join(f"{o} (B,{','.join(map(str, expected[o]))})" for o in outputs)
+    half = CHECK_SIZE // 2
+    expected = {"mono": (1, CHECK_SIZE, CHECK_SIZE), "rgb": (3, CHECK_SIZE, CHECK_SIZE), "raw": (4, half, half)}
+    wanted = " and ".join(f"{o} (B,{','.join(map(str, expected[o]))})" for o in outputs if o in expected)
     tensors = returned if isinstance(returned, (tuple, list)) else (returned,)
     if len(tensors) != len(outputs) or not all(isinstance(t, torch.Tensor) for t in tensors):
         raise ValueError(f"{message_prefix(where)}{name} declares outputs = {outputs} but returned {_shape(returned)}; "
-                         f"return {'a tuple (mono, rgb)' if len(outputs) == 2 else 'the RGB tensor'}")
+                         f"return {'a tuple (' + ', '.join(outputs) + ')' if len(outputs) > 1 else 'the RGB tensor'}")
     for output, tensor in zip(outputs, tensors):
-        if tuple(tensor.shape[1:]) != expected[output]:
+        if output in expected and tuple(tensor.shape[1:]) != expected[output]:
             raise ValueError(f"{message_prefix(where)}{name} returned {output} of shape {_shape(tensor)} for a "
                              f"{CHECK_SIZE}x{CHECK_SIZE} mosaic ({kind} input {_shape(inputs)}); the contract wants "
                              f"{wanted} (see models/contract.py)")

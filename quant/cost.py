@@ -9,7 +9,8 @@ Definitions (per network input of REFERENCE_SIZE x REFERENCE_SIZE pixels, batch 
   of (elements of the tensor it quantizes x its bits): the tensors a deployed network stores between
   layers.
 * BOPs = sum over convolutions (and transposed convolutions, linear layers) of
-  MACs x weight bits x bits of that layer's input quantizer (HAWQ-V3 / NNCF's bit-operation count).
+  MACs x weight bits x effective input bits of that layer, the fewest bits among the quantizers on
+  the paths into it (quant/paths.py) (HAWQ-V3 / NNCF's bit-operation count).
   A layer whose input reaches it without a quantizer (a transposed conv with
   `quantize_transposed_conv_input: false`) counts 32-bit activations.
 * MACs of a Conv2d: output elements x in_channels / groups x kernel area; of a ConvTranspose2d:
@@ -30,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule, Node
 
-from helpers.graph_ops import is_rearranging
+from quant.paths import effective_input
 from quant.prepare import WEIGHT_QUANTIZER, _is_quantizer_node, fake_quantizers
 
 REFERENCE_SIZE = 512
@@ -63,16 +64,11 @@ def reference_input_shape(qmodel: GraphModule, size: int = REFERENCE_SIZE) -> tu
 
 
 def input_quantizer(qmodel: GraphModule, node: Node) -> Optional[str]:
-    """Name of the fake quantizer whose output `node` (a weighted layer) reads, through ops that only
-    move values (pixel_unshuffle, reshape); None when its input is not quantized."""
-    source = node.args[0] if node.args else None
-    while isinstance(source, Node):
-        if _is_quantizer_node(qmodel, source):
-            return str(source.target)
-        if not is_rearranging(qmodel, source):
-            return None
-        source = source.args[0] if source.args else None
-    return None
+    """Name of the lowest-bit fake quantizer on the paths into `node` (a weighted layer) through ops
+    that do not compute (quant/paths.py), which caps the precision it receives; None when its input
+    is not quantized."""
+    quantizer = effective_input(qmodel, node)[1]
+    return None if quantizer is None else str(quantizer.target)
 
 
 def measure(qmodel: GraphModule, input_shape=None) -> dict[str, dict]:

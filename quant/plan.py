@@ -18,6 +18,7 @@ import torch
 from torch.ao.quantization import FakeQuantizeBase
 from torch.fx import GraphModule
 
+from helpers.graph_ops import unsupervised_nodes
 from quant.cost import cost_totals, format_cost, plan_cost_columns, reference_input_shape
 from quant.prepare import QUANTIZER_SUFFIX, WEIGHT_QUANTIZER, fake_quantizers
 
@@ -26,7 +27,9 @@ COLUMNS = ("quantizer", "kind", "layer", "feeds", "bits", "quant_min", "quant_ma
            "range_min", "range_max", "override",
            # Cost (quant/cost.py), per reference input: tensor elements, and for weights the layer's
            # MACs, input-activation bits and BOPs; scheme_bits tells which quantizers are "high".
-           "elements", "macs", "input_bits", "bops", "scheme_bits")
+           "elements", "macs", "input_bits", "bops", "scheme_bits",
+           # False for a quantizer whose tensor reaches only outputs the network declares "ignore".
+           "supervised")
 KIND_ORDER = {"input": 0, "weight": 1, "activation": 2, "output": 3}
 
 
@@ -80,6 +83,11 @@ def quant_plan_rows(qmodel, cost_input_shape=None) -> list[dict]:
         shape = tuple(cost_input_shape or reference_input_shape(qmodel))
         costs = plan_cost_columns(qmodel, shape)
     scheme = getattr(qmodel, "quant_scheme", None)
+    unsupervised, node_of = set(), {}
+    if isinstance(qmodel, GraphModule):
+        outputs = getattr(qmodel, "outputs", None)
+        unsupervised = unsupervised_nodes(qmodel, tuple(outputs) if isinstance(outputs, (tuple, list)) else None)
+        node_of = {str(n.target): n.name for n in qmodel.graph.nodes if n.op == "call_module"}
     rows = []
     for name, quantizer in fake_quantizers(qmodel).items():
         if name.endswith("." + WEIGHT_QUANTIZER):
@@ -111,6 +119,7 @@ def quant_plan_rows(qmodel, cost_input_shape=None) -> list[dict]:
             "override": "; ".join(getattr(quantizer, "special_layer_sources", [])),
             **costs.get(name, {}),
             "scheme_bits": "" if scheme is None else (scheme.weight.bits if kind == "weight" else scheme.activation.bits),
+            "supervised": node_of.get(layer if kind == "weight" else name) not in unsupervised,
             "cost_input": "x".join(map(str, shape)) if shape else "",  # printed only, not in the CSV
         })
     return rows
@@ -210,6 +219,46 @@ def format_quant_plan(rows: list[dict], verbose: bool = False) -> str:
     bit_summary = ", ".join(f"{by_bits[b]} at {b} bits" for b in sorted(by_bits, reverse=True))
     lines = [f"quant plan: {len(rows)} fake quantizers ({summary}); {bit_summary}", render(header)]
     lines += [render(line) for line in table]
+    input_line = _effective_input_line(rows)
+    if input_line:
+        lines.append(input_line)
     if rows[0].get("elements") not in (None, ""):
         lines.append(format_cost(cost_totals(rows), rows[0].get("cost_input")))
+    unsupervised_line = _unsupervised_line(rows)
+    if unsupervised_line:
+        lines.append(unsupervised_line)
     return "\n".join(lines)
+
+
+def _unsupervised_line(rows: list[dict]) -> str:
+    """One line on the quantizers whose tensors reach only outputs declared "ignore": trained by no
+    loss, yet quantized, deployed and counted in the cost."""
+    lost = [row for row in rows if row.get("supervised") is False]
+    if not lost:
+        return ""
+    layers = [row["layer"] for row in lost if row["kind"] == "weight"]
+    macs = sum(float(row["macs"]) for row in lost if row["kind"] == "weight" and row.get("macs") not in (None, ""))
+    total = sum(float(row["macs"]) for row in rows if row["kind"] == "weight" and row.get("macs") not in (None, ""))
+    share = f", {100 * macs / total:.1f}% of the MACs" if total else ""
+    return (f"not supervised (reach only outputs declared 'ignore'; still quantized and counted above): "
+            f"{len(lost)} quantizers, {len(layers)} weighted layers{share}: {', '.join(layers) or '-'}")
+
+
+def _effective_input_line(rows: list[dict]) -> str:
+    """'effective input bits of weighted layers: 8: conv1; 4: 12 layers': the fewest bits among the
+    quantizers on the paths into each weighted layer (quant/paths.py), the commonest width counted,
+    the others named."""
+    by_bits: dict = {}
+    for row in rows:
+        if row["kind"] == "weight" and row.get("input_bits") not in (None, ""):
+            by_bits.setdefault(int(row["input_bits"]), []).append(row["layer"])
+    if not by_bits:
+        return ""
+    common = max(by_bits, key=lambda bits: len(by_bits[bits]))
+    parts = []
+    for bits in sorted(by_bits, reverse=True):
+        label = "float" if bits >= 32 else str(bits)
+        layers = by_bits[bits]
+        named = f"{len(layers)} layers" if bits == common and len(layers) > 3 else ", ".join(layers)
+        parts.append(f"{label}: {named}")
+    return "effective input bits of weighted layers: " + "; ".join(parts)

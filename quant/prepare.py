@@ -22,7 +22,8 @@ convolution means):
   by all consumers of that node. Module names are kept exactly as MQBench makes them (`lrelu`,
   `lrelu_dup1`, ...), so distillation hooks and the ONNX exporter find them by the traced names.
 * Network input: every path from the graph input passes through ONE input quantizer,
-  `x_post_act_fake_quantizer`, at `special_layer.input_layer` bits when given, else MQBench's 8 bits
+  `x_post_act_fake_quantizer`, at `special_layer.input_layer` bits when given (with any quantizer
+  after a pad or another non-computing op on the input, see below), else MQBench's 8 bits
   (first-layer rule). MQBench re-quantized the input after `downshuffle` (`F.pixel_unshuffle`) with an
   ordinary activation quantizer (`pixel_unshuffle_post_act_fake_quantizer`, at the activation bits),
   so the colour branch saw the mosaic at e.g. 4 bits whatever the input setting: that redundant
@@ -48,11 +49,22 @@ a traced function (`cat_3`, `pixel_unshuffle_1`, `mul`).
   (after the pool and after the concatenation). Each mapping is shown in the quant plan (its
   `override` column). A layer whose output reaches no quantizer (the network head without
   `quantize_output`) gets a warning.
+* `input` = every activation quantizer on the paths into the layer through ops that do not compute
+  (pad, reshape, pixel (un)shuffle, cat, slicing, casts; quant/paths.py). A network that pads before
+  a conv has two quantizers on that conv's input (after the producer and after the pad): both are set.
+  `input_layer` is the same for the network input: every quantizer reached from the graph input
+  before the first op that computes. `activation` also continues past a quantizer through such ops,
+  since a later quantizer there requantizes the same values.
+* After preparing, every request is checked against the quantizers that actually feed (or, for
+  `activation`, quantize the output of) the named layer; one with fewer bits than asked stops with
+  one line (SpecialLayerError) naming the layer, the quantizer and the entry to change.
 * Bits and scheme ("10 per_channel_affine") build a new quantizer of the quant_scheme's class and
   observer from the qconfig MQBench makes for that bit width and scheme, replacing MQBench's, so its
   learnable state is genuine and trainable. Activations are per-tensor only (MQBench's per-channel
   axis would be the batch axis). When two entries reach the same quantizer with different settings,
-  the higher bit width wins and a warning names both.
+  the higher bit width wins and a warning names both; an entry on the quantizer's own layer
+  (`activation`, `weight`) wins over `input` / `input_layer`, so that two requests that contradict
+  each other stop at the check rather than one of them being dropped quietly.
 * Bits above 8 work with every MQBench quantizer here (torch's fake-quantize kernels take any integer
   range); `input_layer: 10` and `"10 per_tensor_affine"` give quant ranges 0..1023 (affine) or
   -512..511 (symmetric).
@@ -83,12 +95,15 @@ from mqbench.prepare_by_platform import get_qconfig_by_platform, prepare_by_plat
 from mqbench.utils.logger import logger as mqbench_logger
 from mqbench.utils.state import enable_calibration, enable_quantization
 
-from helpers.graph_ops import is_rearranging
+from helpers.graph_ops import is_rearranging, passes_values
 from helpers.names import nearest
-from models.tracing import check_traceable
+from models.tracing import check_traceable, copy_tracing_hooks, make_tracer
 from quant.deploy_placement import quantize_sigmoid_outputs, share_quantizers_across_max_pools
+from quant.paths import (feeding_quantizers, first_consumers, is_quantizer_node, network_input_quantizers,
+                         node_label, quantizer_bits)
 from quant.scheme import PER_TENSOR_ONLY, QuantSchemeConfig, extra_qconfig_dict, parse_quant_scheme
-from quant.special_layers import WHERE, QuantOverride, SpecialLayers, parse_special_layers
+from quant.special_layers import (INPUT_KEY, WHERE, QuantOverride, SpecialLayerError, SpecialLayers,
+                                  parse_special_layers)
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +175,7 @@ def _replace_quantizer(gm: GraphModule, name: str, new: FakeQuantizeBase) -> Fak
     return new
 
 
-def _is_quantizer_node(gm: GraphModule, node: Node) -> bool:
-    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), FakeQuantizeBase)
+_is_quantizer_node = is_quantizer_node  # the name other quant modules import
 
 
 def _has_weight(gm: GraphModule, node: Node) -> bool:
@@ -195,12 +209,8 @@ def _quantize_inputs(gm: GraphModule, factory: QuantizerFactory, bits: Optional[
         else:
             # Nothing MQBench quantizes reads this input directly; 8 bits matches its first-layer rule.
             node = _insert_quantizer_after(gm, placeholder, factory.activation(bits or 8), users)
-        if bits is not None:
-            _replace_quantizer(gm, node.target, factory.activation(bits))
-        module = gm.get_submodule(node.target)
-        module.quant_role = "input"
-        if bits is not None:
-            module.special_layer_sources = ["input_layer"]
+        # input_layer bits are set by _apply_special_layers, with every other quantizer on the input path.
+        gm.get_submodule(node.target).quant_role = "input"
         quantizer_nodes.append(node)
     return quantizer_nodes
 
@@ -244,21 +254,27 @@ def _quantize_outputs(gm: GraphModule, factory: QuantizerFactory) -> list[Node]:
 
 
 def output_quantizers(gm: GraphModule, node: Node) -> tuple[list[Node], bool]:
-    """Fake-quantizer nodes that quantize `node`'s output (searching forward, stopping at quantizers
-    and weighted layers), and whether some path reaches the network output unquantized."""
+    """Fake-quantizer nodes that quantize `node`'s output (searching forward, stopping at weighted
+    layers; past a quantizer only through non-computing ops, whose further quantizers requantize the
+    same values), and whether some path reaches the network output unquantized."""
     found, reaches_output, seen = [], False, set()
-    queue = list(node.users)
+    queue = [(user, False) for user in node.users]  # (node, already quantized on this path)
     while queue:
-        user = queue.pop(0)
-        if user in seen:
+        user, quantized = queue.pop(0)
+        if (user, quantized) in seen:
             continue
-        seen.add(user)
+        seen.add((user, quantized))
         if _is_quantizer_node(gm, user):
-            found.append(user)
+            if user not in found:
+                found.append(user)
+            queue.extend((u, True) for u in user.users)
         elif user.op == "output":
-            reaches_output = True
+            reaches_output = reaches_output or not quantized
+        elif quantized:
+            if passes_values(gm, user):
+                queue.extend((u, True) for u in user.users)
         elif not _has_weight(gm, user):
-            queue.extend(user.users)
+            queue.extend((u, False) for u in user.users)
     return found, reaches_output
 
 
@@ -298,8 +314,20 @@ def _find_layer(gm: GraphModule, name: str) -> Node:
 
 
 def _apply_special_layers(gm: GraphModule, special: SpecialLayers, factory: QuantizerFactory) -> None:
-    # quantizer name -> list of (override, source text, role); collected first so conflicts are seen.
+    # quantizer name -> list of (override, source text, role, own); collected first so conflicts are
+    # seen. "Own" entries (a layer's weight or activation) set a quantizer of that layer; path entries
+    # (input_layer, <layer>.input) ask for at least those bits on what a layer receives. An own entry
+    # wins over a path entry on the same quantizer, so contradicting requests reach the check below
+    # instead of one of them being dropped quietly.
     planned: dict[str, list] = {}
+
+    def plan(quantizer_name, override, source, role, own):
+        planned.setdefault(quantizer_name, []).append((override, source, role, own))
+
+    if special.input_bits is not None:
+        override = QuantOverride(special.input_bits, text=str(special.input_bits))
+        for node in network_input_quantizers(gm):
+            plan(node.target, override, INPUT_KEY, "activation", False)
     for name, layer in special.layers.items():
         node = _find_layer(gm, name)
         if layer.weight is not None:
@@ -309,27 +337,36 @@ def _apply_special_layers(gm: GraphModule, special: SpecialLayers, factory: Quan
                     f"function {getattr(node.target, '__name__', node.target)}"
                 warnings.warn(f"{WHERE}.{name}.weight: ignored, {kind} has no quantized weight", stacklevel=3)
             else:
-                planned.setdefault(f"{node.target}.{WEIGHT_QUANTIZER}", []).append(
-                    (layer.weight, f"{name}.weight", "weight"))
-        if layer.activation is not None:
-            if layer.activation.per_channel:
-                raise ValueError(f"{WHERE}.{name}.activation: activations are quantized per tensor "
-                                 f"(got {layer.activation.text!r}); use per_tensor_affine or per_tensor_symmetric")
-            targets = [node] if _is_quantizer_node(gm, node) else output_quantizers(gm, node)[0]
-            if not targets:
-                reaches_output = output_quantizers(gm, node)[1]
-                hint = "; set quantize_output: true to quantize the network output" if reaches_output else ""
-                warnings.warn(f"{WHERE}.{name}.activation: ignored, no fake quantizer on this layer's output "
-                              f"(the {factory.scheme.backend} backend puts none there){hint}", stacklevel=3)
+                plan(f"{node.target}.{WEIGHT_QUANTIZER}", layer.weight, f"{name}.weight", "weight", True)
+        for role in ("activation", "input"):
+            override = getattr(layer, role)
+            if override is None:
+                continue
+            if override.per_channel:
+                raise ValueError(f"{WHERE}.{name}.{role}: activations are quantized per tensor "
+                                 f"(got {override.text!r}); use per_tensor_affine or per_tensor_symmetric")
+            if role == "input":
+                targets = feeding_quantizers(gm, node)
+                if not targets:
+                    warnings.warn(f"{WHERE}.{name}.input: nothing to set, {name} reads an unquantized "
+                                  "(float) tensor", stacklevel=3)
+            else:
+                targets = [node] if _is_quantizer_node(gm, node) else output_quantizers(gm, node)[0]
+                if not targets:
+                    reaches_output = output_quantizers(gm, node)[1]
+                    hint = "; set quantize_output: true to quantize the network output" if reaches_output else ""
+                    warnings.warn(f"{WHERE}.{name}.activation: ignored, no fake quantizer on this layer's output "
+                                  f"(the {factory.scheme.backend} backend puts none there){hint}", stacklevel=3)
             for target in targets:
-                log.debug("special_layer %s.activation -> %s", name, target.target)
-                planned.setdefault(target.target, []).append((layer.activation, f"{name}.activation", "activation"))
+                log.debug("special_layer %s.%s -> %s", name, role, target.target)
+                plan(target.target, override, f"{name}.{role}", "activation", role == "activation")
 
     for quantizer_name, entries in planned.items():
-        chosen = max(entries, key=lambda entry: entry[0].bits)  # first of the highest bit width
-        settings = {(e[0].bits, e[0].per_channel, e[0].symmetric) for e in entries}
+        deciding = [entry for entry in entries if entry[3]] or entries
+        chosen = max(deciding, key=lambda entry: entry[0].bits)  # first of the highest bit width
+        settings = {(e[0].bits, e[0].per_channel, e[0].symmetric) for e in deciding}
         if len(settings) > 1:
-            warnings.warn(f"{WHERE}: {', '.join(e[1] for e in entries)} all set {quantizer_name} differently; "
+            warnings.warn(f"{WHERE}: {', '.join(e[1] for e in deciding)} all set {quantizer_name} differently; "
                           f"using {chosen[1]} ({chosen[0].text})", stacklevel=3)
         old = gm.get_submodule(quantizer_name)
         if chosen[2] == "weight":
@@ -338,6 +375,47 @@ def _apply_special_layers(gm: GraphModule, special: SpecialLayers, factory: Quan
             new = factory.activation(chosen[0].bits, chosen[0].symmetric)
         new = _replace_quantizer(gm, quantizer_name, new)
         new.special_layer_sources = [e[1] for e in entries]
+
+
+def _requested_paths(gm: GraphModule, special: SpecialLayers):
+    """(entry text, bits, layer node, quantizer node) for every quantizer a request is about: the
+    network input's quantizers (input_layer), those feeding a layer (input), those on its output
+    (activation)."""
+    if special.input_bits is not None:
+        for quantizer in network_input_quantizers(gm):
+            for layer in first_consumers(gm, quantizer)[:1]:
+                yield INPUT_KEY, special.input_bits, layer, quantizer
+    for name, entry in special.layers.items():
+        node = _find_layer(gm, name)
+        if entry.input is not None:
+            for quantizer in feeding_quantizers(gm, node):
+                yield f"{name}.input", entry.input.bits, node, quantizer
+        if entry.activation is not None and not _is_quantizer_node(gm, node):
+            for quantizer in output_quantizers(gm, node)[0]:
+                yield f"{name}.activation", entry.activation.bits, node, quantizer
+
+
+def check_special_layers(gm: GraphModule, special: SpecialLayers) -> None:
+    """Stop with one line (SpecialLayerError) when a request left a quantizer with fewer bits than it
+    asked for on the path it is about, reading the bits from the prepared model's quantizers."""
+    for entry, bits, layer, quantizer in _requested_paths(gm, special):
+        module = gm.get_submodule(quantizer.target)
+        have = quantizer_bits(module)
+        if have >= bits:
+            continue
+        setters = [s for s in getattr(module, "special_layer_sources", []) if s != entry]
+        producer = quantizer.args[0] if quantizer.args else None
+        if setters:
+            fix = f"raise {setters[0]} to {bits} bits or remove it"
+        elif isinstance(producer, Node) and producer.op not in ("placeholder", "get_attr"):
+            fix = f"add {node_label(producer)}: {{activation: {bits}}}"
+        else:
+            fix = f"set {quantizer.target} through its layer's activation entry"
+        what = ("receives the network input" if entry == INPUT_KEY else
+                "receives its input" if entry.endswith(".input") else "has its output quantized")
+        raise SpecialLayerError(
+            f"{WHERE}.{entry}: asks for {bits} bits but {node_label(layer)} {what} through {quantizer.target} at "
+            f"{have} bits{' (set by ' + ', '.join(setters) + ')' if setters else ''}; {fix}")
 
 
 def _weight_quantizer(factory: QuantizerFactory, override: QuantOverride, old: FakeQuantizeBase,
@@ -386,7 +464,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
         prepared = prepare_by_platform(model, scheme.backend_type, {
             "extra_qconfig_dict": extra_qconfig_dict(scheme),
             "extra_quantizer_dict": extra_quantizer,
-        })
+        }, custom_tracer=make_tracer(model))
     factory = QuantizerFactory(scheme)
     input_nodes = _quantize_inputs(prepared, factory, special.input_bits)
     dropped = _drop_requantization(prepared, input_nodes)
@@ -404,6 +482,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     if scheme.fast_quantizers:
         from quant.fast_quantizers import use_fast_quantizers
         use_fast_quantizers(prepared)
+    check_special_layers(prepared, special)  # on the final quantizers: nothing after may lower them
     prepared.graph.lint()
     prepared.recompile()
     escaped = unquantized_input_paths(prepared)
@@ -415,6 +494,7 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     for declared in ("input_kind", "outputs"):  # the network contract (models/contract.py), lost by tracing
         if hasattr(model, declared):
             setattr(prepared, declared, getattr(model, declared))
+    copy_tracing_hooks(model, prepared)  # distillation and the ranking re-trace the prepared model
     return prepared
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from helpers.hessian_probes import model_input, probe_products, rademacher, to_device
 from helpers.metrics import psnr
-from models import split_outputs
+from models import model_outputs, split_outputs
 from quant.cost import measure
 from quant.plan import quant_plan_rows
 from quant.prepare import WEIGHT_QUANTIZER, _is_quantizer_node, fake_quantizers
@@ -135,7 +135,7 @@ def mean_psnr(qmodel: nn.Module, batches: list, device) -> float:
     scores = []
     with torch.no_grad():
         for batch in batches:
-            _, rgb = split_outputs(qmodel(batch["input"].to(device)))
+            _, rgb = split_outputs(qmodel(batch["input"].to(device)), model_outputs(qmodel))
             for prediction, target in zip(rgb.float().clamp(0, 1).cpu(), batch["rgb"]):
                 scores.append(psnr(prediction, target))
     return float(sum(scores) / len(scores))

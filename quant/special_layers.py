@@ -3,11 +3,16 @@
 ```yaml
 extra_quantizer_dict:
   special_layer:
-    input_layer: 10                      # bits of the network-input quantizer
+    input_layer: 10                      # bits of every quantizer on the network input (quant/paths.py)
     DBF.DBF_conv1.Conv1:                 # a module name of the traced model
       weight: 10 per_channel_affine      # "<bits> <scheme>", or "<bits>" to keep the scheme's own
       activation: 10 per_tensor_affine
+    DBLE.DBLE_out:
+      input: 10                          # every quantizer on the paths into this layer
 ```
+
+`input_layer` and `input` are requests about what a layer receives: after preparing, quant.prepare
+checks that no quantizer on those paths has fewer bits, and stops with one line if one does.
 
 This module only parses and checks the text; `quant.prepare` resolves names against the prepared
 model and swaps the quantizers (see its docstring for what "weight" and "activation" of a layer mean).
@@ -27,7 +32,7 @@ SCHEMES = {
     "per_tensor_symmetric": (False, True),
 }
 INPUT_KEY = "input_layer"
-ROLES = ("weight", "activation")
+ROLES = ("weight", "activation", "input")
 WHERE = "extra_quantizer_dict.special_layer"
 
 
@@ -52,6 +57,12 @@ class LayerOverride:
     name: str
     weight: Optional[QuantOverride] = None
     activation: Optional[QuantOverride] = None
+    input: Optional[QuantOverride] = None
+
+
+class SpecialLayerError(ValueError):
+    """A special_layer request that the prepared model does not honour; one line naming the layer,
+    the quantizer and what to write instead."""
 
 
 @dataclass
@@ -103,10 +114,10 @@ def parse_special_layers(raw: Optional[dict], where: str = WHERE) -> SpecialLaye
             result.input_bits = _bits(entry, f"{where}.{INPUT_KEY}")
             continue
         if entry is None:
-            raise ValueError(f"{where}.{name}: empty entry; give weight and/or activation, "
+            raise ValueError(f"{where}.{name}: empty entry; give weight, activation and/or input, "
                              "e.g. {weight: 10 per_channel_affine, activation: 10 per_tensor_affine}")
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}.{name}: expected a mapping with weight and/or activation, got {entry!r}")
+            raise ValueError(f"{where}.{name}: expected a mapping with weight, activation and/or input, got {entry!r}")
         layer = LayerOverride(name)
         for role, value in entry.items():
             if role not in ROLES:

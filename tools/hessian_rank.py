@@ -48,7 +48,8 @@ def parse_arguments(argv):
     parser.add_argument("--crop", type=int, default=256,
                         help=f"center crop in pixels, a multiple of {CROP_MULTIPLE}; 0 = whole frames (default 256)")
     parser.add_argument("--split", default="val", choices=["val", "test"], help="frames from this split (default val)")
-    parser.add_argument("--layers", help="comma-separated layer names (default: every activation module)")
+    parser.add_argument("--layers", help="comma-separated layer names: modules or function nodes such as add_3 "
+                        "(python tools/layers.py lists them; default: every activation module)")
     parser.add_argument("--loss", default="mse", choices=["mse", "l1"], help="distance in the task loss (default mse)")
     parser.add_argument("--coefficient", type=float, default=0.1, help="distill_coeff written per layer (default 0.1)")
     parser.add_argument("--special-layers", type=int, metavar="BITS",
