@@ -26,7 +26,7 @@ from harness.runner import load_entry_config, run_entry_point  # noqa: E402
 from harness.setup import build_float_model  # noqa: E402
 from models.contract import example_input  # noqa: E402
 from quant import prepare_quantized_model  # noqa: E402
-from quant.layer_listing import format_layer_rows, layer_rows  # noqa: E402
+from harness.layer_listing import format_layer_rows, layer_rows  # noqa: E402
 from quant.special_layers import SpecialLayerError  # noqa: E402
 
 CSV_COLUMNS = ("name", "op", "shape", "input_quantizers", "output_quantizers", "weight_bits", "accepted_by")
