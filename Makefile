@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt
 NEWEST_VENV := .venv-torch-newest
 NEWEST_TORCH := 2.15.0
 NEWEST_PY := $(NEWEST_VENV)/bin/python
-NEWEST_TESTS := tests/test_quant.py tests/test_fast_quantizers.py tests/test_onnx_export.py
+NEWEST_TESTS := tests/test_quant.py tests/test_fast_quantizers.py tests/test_onnx_export.py tests/test_torchao_engine.py
 
 $(NEWEST_VENV)/.installed: requirements.txt
 	python3 -m venv $(NEWEST_VENV)
