@@ -208,3 +208,44 @@ def test_qdq_export_with_4_and_10_bit_layers_passes_its_onnxruntime_check(prepar
     import onnx
     graph = onnx.load(str(tmp_path / "model_qdq.onnx")).graph
     assert sum(node.op_type == "Clip" for node in graph.node) >= 2
+
+
+def test_placement_and_plan_cost_equal_the_mqbench_engines(prepared):
+    from quant.cost import cost_totals, layer_cost_rows
+    torchao_model = copy.deepcopy(prepared[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mqbench_model = prepare_quantized_model(float_model(), {**W4A4, "engine": "mqbench"}, SPECIAL)
+    for qmodel in (torchao_model, mqbench_model):
+        calibrate(qmodel, [inputs(1), inputs(2)])
+    # Same weight quantizer names and ranges, same per-layer MACs and bits, same totals.
+    def weights(qmodel):
+        return {name: (q.quant_min, q.quant_max, str(q.qscheme)) for name, q in fake_quantizers(qmodel).items()
+                if name.endswith(".weight_fake_quant")}
+    assert weights(torchao_model) == weights(mqbench_model)
+    def layers(qmodel):
+        return {row["layer"]: (row["macs"], row["weight_bits"], row["input_bits"]) for row in layer_cost_rows(qmodel)}
+    assert layers(torchao_model) == layers(mqbench_model)
+    assert cost_totals(quant_plan_rows(torchao_model)) == cost_totals(quant_plan_rows(mqbench_model))
+
+
+def test_train_py_ptq_with_the_torchao_engine_writes_plan_checkpoint_and_test_scores(synthetic_sid_root, tmp_path):
+    # schedule.epochs: 0 is calibration-only PTQ through the real training entry point (test.py's
+    # checkpoint loader prepares the torchao model afresh and loads the quantized state).
+    import math
+
+    import train
+    from core.config import load_config
+    from test_train import write_run_config
+    weights = tmp_path / "fp.pth"
+    torch.save({"model": float_model().state_dict()}, weights)
+    config_path = write_run_config(tmp_path, synthetic_sid_root, model__width=WIDTH, quant=True,
+                                   load_model=str(weights), schedule__epochs=0,
+                                   quant_scheme={"engine": "torchao", "calibration_batches": 1},
+                                   extra_quantizer_dict={"special_layer": {"input_layer": 10}})
+    summary = train.run(load_config(config_path))
+    assert summary["best_epoch"] == 0 and math.isfinite(summary["test_psnr"])
+    saved = torch.load(summary["checkpoint"], weights_only=False)
+    assert saved["quantized"] and saved["model"]["quantizers"]["x_post_act_fake_quantizer"]["quant_max"] == 1023
+    plan = list((tmp_path / "results" / "tiny").rglob("quant_plan*.csv"))
+    assert plan and "x_post_act_fake_quantizer" in plan[0].read_text()

@@ -423,10 +423,14 @@ def prepare(model: nn.Module, scheme, special_layer=None, quantize_output: bool 
     _insert_feature_taps(prepared)
     _allow_train_eval(prepared)
     prepared.to(device)
-    prepared.quant_scheme = scheme
-    prepared.special_layers = special
+    harness = {"quant_scheme": scheme, "special_layers": special, "train": prepared.train, "eval": prepared.eval}
     for declared in ("input_kind", "outputs"):
         if hasattr(model, declared):
-            setattr(prepared, declared, getattr(model, declared))
+            harness[declared] = getattr(model, declared)
+    for name, value in harness.items():
+        setattr(prepared, name, value)
+    # GraphModule's deepcopy keeps only these of an instance's own attributes (the ONNX exporter, the
+    # tests and best-state copies deep-copy models).
+    prepared.meta.setdefault("_user_preserved_attributes", {}).update(harness)
     log.info("torchao engine: %d fake quantizers", len(fake_quantizers(prepared)))
     return prepared
