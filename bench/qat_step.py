@@ -3,6 +3,7 @@ DBF/DBLE on CPU: float vs QAT (W8A8 LSQ), and a bare MQBench loop vs this harnes
 (prepare_quantized_model with the user's special layers).
 
     python bench/qat_step.py [--size 256] [--batch 2] [--steps 5] [--warmup 2] [--threads 2] [--device cuda]
+    python bench/qat_step.py --engines [...]   # one QAT step, MQBench engine vs torchao engine (docs/engines.md)
 
 Targets (from the issue): QAT / float <= 1.5x; harness / bare MQBench <= 1.05x. Variants run
 interleaved, one step each per round, so a busy machine slows all of them alike. Wall medians, best
@@ -106,6 +107,8 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: data and models live there")
     parser.add_argument("--extra", action="store_true",
                         help="also time the harness with per-tensor weights (a cheaper scheme)")
+    parser.add_argument("--engines", action="store_true",
+                        help="instead: the harness W8A8 + special layers on each quant_scheme.engine, and float")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -119,6 +122,8 @@ def main():
         return DBFDBLE(args.width).to(device).train()
 
     float_model = fresh()
+    if args.engines:
+        return compare_engines(args, fresh, float_model, x, mono_target, rgb_target, special)
     variants = {
         "float": (float_model, torch.optim.Adam(float_model.parameters(), lr=1e-5)),
         "bare MQBench W8A8": bare_mqbench(fresh(), x),
@@ -156,6 +161,34 @@ def main():
               f"harness / bare MQBench {table['harness W8A8 + special'] / table['bare MQBench W8A8']:.3f}x, "
               f"with MQBench's quantizer set {table[SAME_SET] / table['bare MQBench W8A8']:.3f}x (target <= 1.05x); "
               f"sync-free LSQ / MQBench's class {table['harness W8A8 + special'] / table[MQBENCH_CLASS]:.3f}x")
+
+def compare_engines(args, fresh, float_model, x, mono_target, rgb_target, special):
+    """One QAT step per engine, interleaved in the same run (so the ratio is of one machine state)."""
+    variants = {"float": (float_model, torch.optim.Adam(float_model.parameters(), lr=1e-5))}
+    for engine in ("mqbench", "torchao"):
+        variants[f"{engine} W8A8 + special"] = harness(fresh(), x, {**W8A8_LSQ, "engine": engine}, special)
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    for round_index in range(args.warmup + args.steps):
+        for name, (model, optimizer) in variants.items():
+            elapsed, cpu_elapsed = step(model, optimizer, x, mono_target, rgb_target)
+            if round_index >= args.warmup:
+                wall[name].append(elapsed)
+                cpu[name].append(cpu_elapsed)
+    print(f"one training step per engine, DBF/DBLE width {args.width}, batch {args.batch} x {args.size}x{args.size}, "
+          f"torch {torch.__version__}, {torch.cuda.get_device_name(x.device) if x.device.type == 'cuda' else 'CPU'} "
+          f"({args.threads} CPU threads), {args.steps} steps after {args.warmup} warm-up")
+    print(f"  {'variant':<28} {'wall median':>11} {'wall best':>10} {'CPU median':>11}")
+    for name in variants:
+        print(f"  {name:<28} {statistics.median(wall[name]) * 1e3:9.0f}ms {min(wall[name]) * 1e3:8.0f}ms "
+              f"{statistics.median(cpu[name]) * 1e3:9.0f}ms")
+    for label, table in (("wall median", {n: statistics.median(v) for n, v in wall.items()}),
+                         ("wall best", {n: min(v) for n, v in wall.items()}),
+                         ("CPU median", {n: statistics.median(v) for n, v in cpu.items()})):
+        print(f"  [{label}] torchao / mqbench {table['torchao W8A8 + special'] / table['mqbench W8A8 + special']:.3f}x; "
+              f"QAT / float: mqbench {table['mqbench W8A8 + special'] / table['float']:.2f}x, "
+              f"torchao {table['torchao W8A8 + special'] / table['float']:.2f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -71,6 +71,70 @@ def input_quantizer(qmodel: GraphModule, node: Node) -> Optional[str]:
     return None if quantizer is None else str(quantizer.target)
 
 
+# Weighted ops of a torch.export graph (the torchao engine): (weight argument, output-channel axis of
+# the weight for ConvTranspose's MAC count). Their layers are not modules there, so measure() reads
+# shapes from an fx Interpreter run instead of module hooks.
+def _exported_weighted_ops():
+    aten = torch.ops.aten
+    return {aten.conv2d.default: "conv", aten.conv_transpose2d.input: "conv_transpose", aten.linear.default: "linear"}
+
+
+def _exported_rearranging_ops():
+    aten = torch.ops.aten
+    return {aten.pixel_unshuffle.default, aten.pixel_shuffle.default, aten.view.default, aten.reshape.default,
+            aten.permute.default, aten.flatten.using_ints}
+
+
+def _exported_input_quantizer(qmodel: GraphModule, node: Node) -> Optional[str]:
+    source = node.args[0] if node.args else None
+    rearranging = _exported_rearranging_ops()
+    while isinstance(source, Node):
+        if _is_quantizer_node(qmodel, source):
+            return str(source.target)
+        if source.op == "call_module" and not list(qmodel.get_submodule(source.target).parameters()):
+            source = source.args[0]  # an identity tap (distillation) between
+            continue
+        if not (source.op == "call_function" and source.target in rearranging):
+            return None
+        source = source.args[0] if source.args else None
+    return None
+
+
+def _weight_owner(node: Node) -> Optional[str]:
+    """The layer name of an exported weighted op: the module path of its weight parameter."""
+    weight = node.args[1]
+    while isinstance(weight, Node) and weight.op == "call_module":  # the weight fake quantizer
+        weight = weight.args[0]
+    if isinstance(weight, Node) and weight.op == "get_attr":
+        return str(weight.target).rpartition(".")[0]
+    return None
+
+
+def _measure_exported(qmodel: GraphModule, x: torch.Tensor, found: dict, batch: int) -> None:
+    kinds = _exported_weighted_ops()
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            result = super().run_node(node)
+            if node.op == "call_function" and node.target in kinds:
+                name = _weight_owner(node)
+                if name is not None:
+                    inputs, weight = self.env[node.args[0]], self.env[node.args[1]]
+                    kernel = weight[0, 0].numel() if weight.dim() > 2 else 1
+                    if kinds[node.target] == "conv_transpose":
+                        macs = inputs.numel() * weight.shape[1] * kernel  # weight: (in, out/groups, k, k)
+                    elif kinds[node.target] == "conv":
+                        macs = result.numel() * weight.shape[1] * kernel  # weight: (out, in/groups, k, k)
+                    else:
+                        macs = result.numel() * weight.shape[1]
+                    entry = found.setdefault(name, {"macs": 0, "weight_elements": int(weight.numel()),
+                                                    "input_quantizer": _exported_input_quantizer(qmodel, node)})
+                    entry["macs"] += int(macs) // batch
+            return result
+
+    Recorder(qmodel).run(x)
+
+
 def measure(qmodel: GraphModule, input_shape=None) -> dict[str, dict]:
     """Per weighted layer {'macs', 'weight_elements', 'input_quantizer'} and per activation quantizer
     {'elements'}, keyed by module name, from one forward pass at `input_shape` (default: the
@@ -116,6 +180,8 @@ def measure(qmodel: GraphModule, input_shape=None) -> dict[str, dict]:
         device = parameter.device if parameter is not None else torch.device("cpu")
         with torch.no_grad():
             qmodel(torch.zeros(input_shape, device=device))
+            if any(n.op == "call_function" and n.target in _exported_weighted_ops() for n in qmodel.graph.nodes):
+                _measure_exported(qmodel, torch.zeros(input_shape, device=device), found, input_shape[0])
     finally:
         for hook in hooks:
             hook.remove()

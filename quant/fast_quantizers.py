@@ -1,23 +1,43 @@
-"""Sync-free LSQ / LSQ+ fake quantizers, numerically equal to MQBench's LearnableFakeQuantize.
+"""Sync-free LSQ / LSQ+ fake quantizers with the gradient the LSQ paper defines, on every torch.
 
-MQBench's LearnableFakeQuantize stalls a GPU three to five times per quantizer per step: its forward
-tests `observer_enabled[0]` and `fake_quant_enabled[0]` in Python and clamps the scale with
-`eps.item()`, and the per-tensor ATen kernel it calls (`_fake_quantize_learnable_per_tensor_affine`
-and its backward) reads the scale and zero point with `.item()` again. Its per-channel path is a
-composite of about ten autograd nodes. The class here keeps everything MQBench stores (it *is* a
-LearnableFakeQuantize: same parameters, buffers, state-dict keys, per-channel load hook, class
-name), and replaces the forward:
+The estimator (LSQ, Esser et al. 2020, eq. 1-3; its learnable offset as in LSQ+, Bhalgat et al.
+2020), in MQBench's parametrisation with scale s, zero point z and the integer range [qmin, qmax]:
+
+    v = x / s + round(z)                         (the zero point is an integer in the forward)
+    q = clamp(round(v), qmin, qmax)  ( = round(clamp(v, qmin, qmax)), the paper's order )
+    y = (q - round(z)) * s
+
+    inside = qmin <= v <= qmax                   (the closed clip interval, unrounded v)
+    dy/dx  = 1 inside, 0 outside                 (round is straight-through; clip passes inside)
+    dy/ds  = q - v inside, q - round(z) outside  (paper eq. 3: -v/s + round(v/s), or the clip bound)
+    dy/dz  = 0 inside, -s outside                (round(z) straight-through; LSQ+'s offset gradient)
+
+and the scale and zero-point gradients are multiplied by LSQ's gradient scale g = 1/sqrt(N * qmax)
+(N: elements per scale) when `use_grad_scaling` is on. The clip test is on v, as the paper clips
+before rounding. A value exactly on a bound counts as inside (clip is the identity there); the paper
+leaves that measure-zero case open, except that an exact zero at an affine zero point lands on it.
+
+Why explicit: MQBench's per-channel path gets its gradients from autograd through `torch.clamp`
+after `round`, so every value that rounds onto qmin or qmax sits exactly on the clamp bound, and
+torch changed clamp's gradient there in 2.14 (1 before, 0 since). ATen's fused per-tensor kernel
+tests the rounded value instead of v. Both therefore differ from the definition above in the
+half-step bands next to the bounds, the first one differently per torch version. The Functions here
+state the estimator in their backward, so the same config trains the same way on torch 2.11-2.15.
+
+Speed: MQBench's LearnableFakeQuantize stalls a GPU three to five times per quantizer per step (its
+forward tests `observer_enabled[0]` and `fake_quant_enabled[0]` in Python, clamps the scale with
+`eps.item()`, and its per-tensor ATen kernel reads scale and zero point with `.item()`); its
+per-channel path is about ten autograd nodes. The class here keeps everything MQBench stores (it
+*is* a LearnableFakeQuantize: same parameters, buffers, state-dict keys, per-channel load hook, class
+name) and replaces the forward:
 
 * the two flags are read from Python booleans cached against the buffers' version counters, so a
   flag is read from the device once after it changes (enable_observer(), load_state_dict(), a copy_
   into the buffer) and never in a step;
 * the scale clamp uses the `eps` tensor; no `.item()` anywhere in the QAT forward or backward;
-* the fake quantization is one autograd Function per granularity with an analytic backward that
-  reproduces, operation for operation, what MQBench's path computes: the per-tensor ATen kernel's
-  forward (x * (1/s), round half to even, + z, clamp, - z, * s) and gradients, and the per-channel
-  composite's forward and the gradients autograd derives for it (including its grad-scale
-  arithmetic), so outputs and gradients agree to float rounding of the reductions (tested). On a
-  CPU the per-tensor case calls ATen's fused op itself (faster there; a CPU has no device to wait for).
+* the fake quantization is one autograd Function per granularity: the forward computes what
+  MQBench's forward computes (the same values, so checkpoints and exports are unchanged), the
+  backward is the estimator above.
 
 The math runs in float32 whatever the input dtype (under bf16/fp16 autocast MQBench's ops promote
 to float32 too: an 8-bit grid does not survive bf16's 8-bit mantissa); the output is float32 and the
@@ -26,19 +46,22 @@ input gradient has the input's dtype. Element-wise ops keep the input's memory f
 forward is MQBench's own, syncs included: observers compute ranges on the host.
 
 `use_fast_quantizers(model)` switches every MQBench LearnableFakeQuantize of a prepared model to this
-class in place (quant_scheme.fast_quantizers, default true; false keeps MQBench's class).
+class in place (quant_scheme.fast_quantizers, default true; false keeps MQBench's class, whose
+gradients follow the installed torch: see `mqbench_gradient_note`).
 """
 from __future__ import annotations
+
+import warnings
+from typing import Optional
 
 import torch
 import torch.nn as nn
 from mqbench.fake_quantize.lsq import LearnableFakeQuantize as MQBenchLearnableFakeQuantize
+from torch.torch_version import TorchVersion
 
-
-# On a CPU, ATen's fused per-tensor forward and backward (two passes) beat the portable Function
-# (measured: 31-54 ms against 68-76 ms forward + backward of a 2x32x256x256 activation, one thread), and
-# their scalar reads cost nothing there. Tests set this to check the portable path that GPUs run.
-PORTABLE_PER_TENSOR_ON_CPU = False
+# torch.clamp's gradient at its bounds: 1 up to 2.13, 0 since 2.14 (what MQBench's own LSQ inherits).
+CLAMP_BOUND_GRADIENT_CHANGED = TorchVersion(torch.__version__) >= (2, 14)
+_warned_mqbench_gradients = False
 
 
 def _grad_scaled_value(t: torch.Tensor, factor: float) -> torch.Tensor:
@@ -49,8 +72,8 @@ def _grad_scaled_value(t: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 class _PerTensorLSQ(torch.autograd.Function):
-    """ATen's learnable per-tensor fake quantization with tensor qparams (no host reads). Like ATen's
-    kernel it computes in float32 and returns the input's dtype."""
+    """Per-tensor LSQ with tensor qparams (no host reads): ATen's forward, the estimator's backward.
+    Like ATen's kernel it computes in float32 and returns the input's dtype."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, quant_min, quant_max, grad_factor):
@@ -69,23 +92,28 @@ class _PerTensorLSQ(torch.autograd.Function):
         x, scale, zero_point = ctx.saved_tensors
         quant_min, quant_max, grad_factor = ctx.constants
         input_dtype, x, dy = x.dtype, x.float(), dy.float()
-        inverse = 1.0 / scale
-        # ATen's backward takes the zero point as int(clamp(z + 0.5)), truncated.
-        zero = torch.trunc(torch.clamp(zero_point + 0.5, quant_min, quant_max))
-        unclamped = torch.round(x * inverse + zero)
-        clamped = torch.clamp(unclamped, quant_min, quant_max)
-        inside = clamped == unclamped
-        dx = dy * inside
-        levels = clamped - zero
-        # d y / d scale: (y - x) / s inside the range, (q_limit - z) where clamped.
-        per_element = torch.where(inside, (levels * scale - x) * inverse, levels)
-        dscale = (dy * per_element).sum().reshape(1) * grad_factor
-        dzero = (dy - dx).sum().reshape(1) * (-scale * grad_factor)
-        return dx.to(input_dtype), dscale, dzero, None, None, None
+        zero = torch.clamp(torch.round(zero_point), quant_min, quant_max)
+        # v as the forward forms it (x times the reciprocal, as ATen's kernel does).
+        v = x * (1.0 / scale) + zero
+        dx, dscale, dzero = _lsq_gradients(dy, v, scale, zero, quant_min, quant_max, None)
+        return dx.to(input_dtype), dscale.reshape(1) * grad_factor, dzero.reshape(1) * grad_factor, None, None, None
+
+
+def _lsq_gradients(dy, v, scale, zero, quant_min, quant_max, dims):
+    """The estimator's gradients (module docstring) given v = x/s + round(z); sums over `dims`
+    (None: all) before the gradient scale."""
+    inside = (v >= quant_min) & (v <= quant_max)
+    q = torch.clamp(torch.round(v), quant_min, quant_max)
+    dx = dy * inside
+    per_element = torch.where(inside, q - v, q - zero)
+    outside = dy - dx
+    if dims is None:
+        return dx, (dy * per_element).sum(), -(outside * scale).sum()
+    return dx, (dy * per_element).sum(dims, keepdim=True), -(outside * scale).sum(dims, keepdim=True)
 
 
 class _PerChannelLSQ(torch.autograd.Function):
-    """MQBench's per-channel LSQ composite as one node, gradients as autograd derives them."""
+    """Per-channel LSQ as one node: MQBench's composite forward, the estimator's backward."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, axis, quant_min, quant_max, grad_factor):
@@ -95,28 +123,18 @@ class _PerChannelLSQ(torch.autograd.Function):
         shape[axis] = x.shape[axis]
         scale_value = _grad_scaled_value(scale, grad_factor).reshape(shape)
         zero_value = _grad_scaled_value(torch.round(zero_point), grad_factor).reshape(shape)
-        rounded = torch.round(x / scale_value + zero_value)
-        y = (torch.clamp(rounded, quant_min, quant_max) - zero_value) * scale_value
-        ctx.save_for_backward(x, rounded, scale_value, zero_value)
+        v = x / scale_value + zero_value
+        y = (torch.clamp(torch.round(v), quant_min, quant_max) - zero_value) * scale_value
+        ctx.save_for_backward(v, scale_value, zero_value)
         ctx.constants = (axis, quant_min, quant_max, grad_factor, input_dtype)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, rounded, scale_value, zero_value = ctx.saved_tensors
+        v, scale_value, zero_value = ctx.saved_tensors
         axis, quant_min, quant_max, grad_factor, input_dtype = ctx.constants
-        dy = dy.float()
-        dims = [d for d in range(x.dim()) if d != axis]
-        # y = (clamp(r) - z) * s
-        d_clamped = dy * scale_value
-        dscale = (dy * (torch.clamp(rounded, quant_min, quant_max) - zero_value)).sum(dims, keepdim=True)
-        dzero = -d_clamped.sum(dims, keepdim=True)
-        # clamp passes the gradient where qmin <= r <= qmax; round is straight-through.
-        dv = d_clamped * ((rounded >= quant_min) & (rounded <= quant_max))
-        # v = x / s + z
-        dzero = dzero + dv.sum(dims, keepdim=True)
-        dscale = dscale + (-dv * ((x / scale_value) / scale_value)).sum(dims, keepdim=True)
-        dx = dv / scale_value
+        dims = [d for d in range(v.dim()) if d != axis]
+        dx, dscale, dzero = _lsq_gradients(dy.float(), v, scale_value, zero_value, quant_min, quant_max, dims)
         return (dx.to(input_dtype), (dscale * grad_factor).flatten(), (dzero * grad_factor).flatten(),
                 None, None, None, None)
 
@@ -137,7 +155,8 @@ def _cached_flag(module: nn.Module, name: str) -> bool:
 # Named like MQBench's class on purpose: quant plans, checkpoints ("class" field) and ONNX export
 # messages name the quantizer by type name, and the two are interchangeable.
 class LearnableFakeQuantize(MQBenchLearnableFakeQuantize):
-    """MQBench's LSQ / LSQ+ quantizer with a sync-free, single-node QAT forward (module docstring)."""
+    """MQBench's LSQ / LSQ+ quantizer with a sync-free, single-node QAT forward and the LSQ estimator's
+    gradients on every torch (module docstring)."""
 
     def __getstate__(self):
         # Copies (deepcopy, pickle) read their flags afresh: the cache refers to this module's buffers.
@@ -162,10 +181,6 @@ class LearnableFakeQuantize(MQBenchLearnableFakeQuantize):
             return _PerChannelLSQ.apply(X, self.scale, self.zero_point, self.ch_axis, self.quant_min,
                                         self.quant_max, grad_factor)
         grad_factor = 1.0 / (X.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
-        if X.device.type == "cpu" and not PORTABLE_PER_TENSOR_ON_CPU:
-            # ATen's fused kernels (MQBench's own op): its .item() reads are host reads on a CPU.
-            return torch._fake_quantize_learnable_per_tensor_affine(X, self.scale, self.zero_point, self.quant_min,
-                                                                    self.quant_max, grad_factor)
         return _PerTensorLSQ.apply(X, self.scale, self.zero_point, self.quant_min, self.quant_max, grad_factor)
 
 
@@ -182,3 +197,28 @@ def use_fast_quantizers(model: nn.Module) -> int:
 
 def is_fast_quantizer(module: nn.Module) -> bool:
     return isinstance(module, LearnableFakeQuantize)
+
+
+def mqbench_gradient_note(model: nn.Module) -> Optional[str]:
+    """One line saying how MQBench's own LSQ quantizers in `model` differ on this torch, or None.
+
+    Only torch >= 2.14 gets a note: there MQBench's per-channel LSQ gradients (autograd through
+    torch.clamp after round) are zero for every value that rounds onto a clip bound, where torch 2.13
+    passed them, so the same config trains differently than it did on 2.13."""
+    if not CLAMP_BOUND_GRADIENT_CHANGED:
+        return None
+    if not any(type(module) is MQBenchLearnableFakeQuantize and module.is_per_channel for module in model.modules()):
+        return None
+    return (f"quant_scheme.fast_quantizers: false on torch {torch.__version__}: MQBench's own LSQ gets its "
+            "per-channel gradients from torch.clamp, which since torch 2.14 passes none at the clip bounds, so "
+            "this run trains differently from the same config on torch 2.13; fast_quantizers: true follows the "
+            "LSQ estimator on every torch (docs/engines.md)")
+
+
+def warn_mqbench_gradients_once(model: nn.Module) -> None:
+    """Warn (once per process) when `model` keeps MQBench's LSQ class on a torch that changed it."""
+    global _warned_mqbench_gradients
+    note = mqbench_gradient_note(model)
+    if note is not None and not _warned_mqbench_gradients:
+        _warned_mqbench_gradients = True
+        warnings.warn(note, stacklevel=3)

@@ -439,12 +439,23 @@ def _weight_quantizer(factory: QuantizerFactory, override: QuantOverride, old: F
 
 def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Optional[dict] = None,
                             quantize_output: bool = False) -> GraphModule:
-    """MQBench QAT model of `model` (see the module docstring for what it contains).
+    """QAT model of `model` by the scheme's engine (`quant_scheme.engine`, quant/engines/; MQBench by
+    default: see the module docstring for what it contains).
 
     `scheme`: a QuantSchemeConfig or its mapping; `special_layer`: the user's
     `extra_quantizer_dict.special_layer` mapping. Bad names raise a one-line ValueError; `weight`
     entries on layers without weights only warn. Build the optimizer after `calibrate`.
     """
+    from quant.engines import engine
+    scheme = parse_quant_scheme(scheme)
+    chosen = engine(scheme.engine)
+    chosen.check_scheme(scheme)
+    return chosen.prepare(model, scheme, special_layer, quantize_output)
+
+
+def prepare_with_mqbench(model: nn.Module, scheme: Any, special_layer: Optional[dict] = None,
+                         quantize_output: bool = False) -> GraphModule:
+    """The MQBench engine's preparation (quant/engines/mqbench.py)."""
     scheme = parse_quant_scheme(scheme)
     special = parse_special_layers(special_layer)
     check_traceable(model)  # one line naming the module, rather than torch.fx's traceback from inside MQBench
@@ -479,9 +490,11 @@ def prepare_quantized_model(model: nn.Module, scheme: Any, special_layer: Option
     if quantize_output:
         _quantize_outputs(prepared, factory)
     _apply_special_layers(prepared, special, factory)
+    from quant.fast_quantizers import use_fast_quantizers, warn_mqbench_gradients_once
     if scheme.fast_quantizers:
-        from quant.fast_quantizers import use_fast_quantizers
         use_fast_quantizers(prepared)
+    else:
+        warn_mqbench_gradients_once(prepared)
     check_special_layers(prepared, special)  # on the final quantizers: nothing after may lower them
     prepared.graph.lint()
     prepared.recompile()

@@ -11,6 +11,7 @@ quant_scheme:
   quantize_transposed_conv_input: true
   fast_quantizers: true
   backend: academic        # academic | onnx_qnn | snpe | tensorrt: MQBench's quantizer placement
+  engine: mqbench          # mqbench | torchao: which library builds the QAT graph (docs/engines.md)
 ```
 
 `backend` picks where MQBench puts activation quantizers (its BackendType). `academic` (the research
@@ -191,11 +192,23 @@ class QuantSchemeConfig(BaseModel):
     # ConvTranspose2d (the U-Net up-sampling) running on float activations; true quantizes them too.
     quantize_transposed_conv_input: bool = True
     # LSQ / LSQ+ run on quant/fast_quantizers.py (MQBench's LearnableFakeQuantize with a sync-free,
-    # single-node forward and backward, numerically equal); false keeps MQBench's own class.
+    # single-node forward and the LSQ estimator's gradients on every torch); false keeps MQBench's own
+    # class, whose per-channel gradients follow the installed torch's clamp (warned on torch >= 2.14).
     fast_quantizers: bool = True
     # academic | onnx_qnn | snpe | tensorrt: where MQBench places activation quantizers (see the module
     # docstring and docs/deployment.md); academic keeps today's models.
     backend: str = "academic"
+    # Which library captures the graph and places the quantizers (quant/engines/, docs/engines.md):
+    # mqbench (torch.fx + MQBench, the default) or torchao (torch.export + PT2E prepare_qat_pt2e).
+    engine: str = "mqbench"
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        from quant.engines import ENGINES
+        if str(value).lower() in ENGINES:
+            return str(value).lower()
+        raise ValueError(unknown_choice(value, ENGINES))
 
     @field_validator("backend")
     @classmethod

@@ -1,5 +1,6 @@
-"""quant/fast_quantizers.py: the sync-free LSQ / LSQ+ quantizer gives MQBench's LearnableFakeQuantize
-outputs and gradients, keeps its state-dict keys, and is what a quantized model uses by default."""
+"""quant/fast_quantizers.py: the sync-free LSQ / LSQ+ quantizer computes MQBench's forward with the
+gradients of the LSQ estimator (written out below, independent of the installed torch), keeps MQBench's
+state-dict keys, and is what a quantized model uses by default."""
 import copy
 import warnings
 
@@ -10,21 +11,41 @@ from mqbench.observer import EMAMinMaxObserver, MinMaxObserver
 
 from models.dbf_dble import DBFDBLE
 from quant import calibrate, fake_quantizers, load_quantized_state, prepare_quantized_model, quantized_state
+from quant.fast_quantizers import CLAMP_BOUND_GRADIENT_CHANGED
 from quant.fast_quantizers import LearnableFakeQuantize as FastLSQ
-from quant import fast_quantizers
-from quant.fast_quantizers import use_fast_quantizers
+from quant.fast_quantizers import mqbench_gradient_note, use_fast_quantizers
 
-TOLERANCE = dict(rtol=1e-6, atol=1e-6)
-
-
-@pytest.fixture(autouse=True)
-def portable_path(monkeypatch):
-    """The per-tensor Function that GPUs run, also on this CPU (which otherwise uses ATen's fused op)."""
-    monkeypatch.setattr(fast_quantizers, "PORTABLE_PER_TENSOR_ON_CPU", True)
+TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 
-def pair(per_channel, symmetric, bits=4, shape=(6, 3, 5, 5)):
-    """An MQBench quantizer calibrated on a tensor, and a fast copy of it (same state)."""
+def lsq_estimator(x, scale, zero_point, axis, quant_min, quant_max, grad_factor, upstream):
+    """The LSQ / LSQ+ estimator (Esser et al. 2020, eq. 1-3; Bhalgat et al. 2020), element by element,
+    with no autograd (so no torch version can change it): output and the gradients of
+    sum(upstream * output) with respect to x, scale and zero point.
+
+    v = x/s + round(z); q = clamp(round(v), qmin, qmax); y = (q - round(z)) s.  Inside the closed clip
+    interval (qmin <= v <= qmax): dy/dx = 1, dy/ds = q - v, dy/dz = 0. Outside: 0, q - round(z), -s.
+    Scale and zero-point gradients are summed per scale and multiplied by LSQ's gradient scale."""
+    x, g = x.double(), upstream.double()
+    shape = [1] * x.dim()
+    dims = list(range(x.dim()))
+    if axis is not None:
+        shape[axis] = x.shape[axis]
+        dims.remove(axis)
+    s = scale.detach().double().reshape(shape)
+    z = torch.round(zero_point.detach().double()).reshape(shape)
+    v = x / s + z
+    q = torch.clamp(torch.round(v), quant_min, quant_max)
+    y = (q - z) * s
+    inside = (quant_min <= v) & (v <= quant_max)
+    dx = torch.where(inside, g, 0.0)
+    dscale = (g * torch.where(inside, q - v, q - z)).sum(dims) * grad_factor
+    dzero = (g * torch.where(inside, 0.0, -s)).sum(dims) * grad_factor
+    return y, dx, dscale.reshape(-1), dzero.reshape(-1)
+
+
+def make_quantizer(per_channel, symmetric, bits=4, shape=(6, 3, 5, 5)):
+    """An MQBench quantizer calibrated on a tensor, then switched to the fast class."""
     if per_channel:
         qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
         observer = MinMaxObserver.with_args(ch_axis=0)
@@ -57,17 +78,34 @@ def forward_backward(quantizer, x, upstream):
     return y.detach(), x.grad, quantizer.scale.grad.clone(), quantizer.zero_point.grad.clone()
 
 
+def expected_for(quantizer, x, upstream):
+    """The estimator at the quantizer's state after its forward (which sets |s| and clamps or zeroes z)."""
+    axis = quantizer.ch_axis if quantizer.is_per_channel else None
+    per_scale = x.numel() / (x.shape[axis] if axis is not None else 1)
+    grad_factor = 1.0 / (per_scale * quantizer.quant_max) ** 0.5 if quantizer.use_grad_scaling else 1.0
+    return lsq_estimator(x.float(), quantizer.scale, quantizer.zero_point, axis, quantizer.quant_min,
+                         quantizer.quant_max, grad_factor, upstream.float())
+
+
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "affine"])
-def test_fast_lsq_matches_mqbench_forward_and_gradients(per_channel, symmetric):
-    reference, fast, x = pair(per_channel, symmetric)
+def test_fast_lsq_gives_mqbench_forward_and_the_lsq_estimator_gradients(per_channel, symmetric):
+    reference, fast, x = make_quantizer(per_channel, symmetric)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
-    expected = forward_backward(reference, x, upstream)
     got = forward_backward(fast, x, upstream)
+    expected = expected_for(fast, x, upstream)
     for name, a, b in zip(("output", "input grad", "scale grad", "zero-point grad"), expected, got):
-        torch.testing.assert_close(b, a, **TOLERANCE, msg=lambda m: f"{name}: {m}")
-    # The clamped ends are exercised, or the scale/zero-point gradient test would be weak.
-    assert (expected[1] == 0).any() and (expected[1] != 0).any()
+        torch.testing.assert_close(b.double(), a, **TOLERANCE, msg=lambda m: f"{name}: {m}")
+    # The forward is MQBench's (checkpoints and exports depend on it), whatever its gradients.
+    mqbench_output = forward_backward(reference, x, upstream)[0]
+    torch.testing.assert_close(got[0], mqbench_output, rtol=1e-6, atol=1e-6)
+    # Both clipped and unclipped values are exercised, including the half-step bands next to the bounds
+    # where round-then-clamp implementations disagree with the estimator.
+    v = x / fast.scale.detach().reshape([-1] + [1] * (x.dim() - 1) if per_channel else []) \
+        + torch.round(fast.zero_point.detach()).reshape([-1] + [1] * (x.dim() - 1) if per_channel else [])
+    assert (got[1] == 0).any() and (got[1] != 0).any()
+    band = ((v > fast.quant_max) & (v < fast.quant_max + 0.5)) | ((v < fast.quant_min) & (v > fast.quant_min - 0.5))
+    assert band.any()
     # The in-place parameter updates (|scale|, zero point clamp / zero) are MQBench's too.
     torch.testing.assert_close(fast.scale, reference.scale, rtol=0, atol=0)
     torch.testing.assert_close(fast.zero_point, reference.zero_point, rtol=0, atol=0)
@@ -75,24 +113,42 @@ def test_fast_lsq_matches_mqbench_forward_and_gradients(per_channel, symmetric):
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
 def test_fast_lsq_under_bf16_autocast_and_channels_last(per_channel):
-    reference, fast, x = pair(per_channel, symmetric=False, bits=8, shape=(4, 6, 8, 8))
+    reference, fast, x = make_quantizer(per_channel, symmetric=False, bits=8, shape=(4, 6, 8, 8))
     x = x.to(memory_format=torch.channels_last)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half_input = x.to(torch.bfloat16)
-        expected = forward_backward(reference, half_input, upstream)
+        mqbench_output = forward_backward(reference, half_input, upstream)[0]
         got = forward_backward(fast, half_input, upstream)
-    # Both quantize in float32 and return what MQBench returns (bf16 per tensor, as ATen's kernel
-    # does; float32 per channel, by type promotion); the input gradient keeps the input's dtype.
-    assert got[0].dtype == expected[0].dtype
-    assert got[1].dtype == expected[1].dtype == torch.bfloat16
+    # Quantization runs in float32 on the bf16 input's values and returns what MQBench returns (bf16
+    # per tensor, as ATen's kernel does; float32 per channel, by type promotion); the input gradient
+    # keeps the input's dtype.
+    assert got[0].dtype == mqbench_output.dtype
+    assert got[1].dtype == torch.bfloat16
     assert got[0].is_contiguous(memory_format=torch.channels_last)
-    for a, b in zip(expected, got):
-        torch.testing.assert_close(b.float(), a.float(), **TOLERANCE)
+    # The upstream gradient reaches the quantizer in its output's dtype.
+    expected = expected_for(fast, half_input, upstream.to(got[0].dtype))
+    torch.testing.assert_close(got[0].double(), expected[0].to(got[0].dtype).double(), **TOLERANCE)
+    torch.testing.assert_close(got[1].double(), expected[1].to(torch.bfloat16).double(), **TOLERANCE)
+    for a, b in zip(expected[2:], got[2:]):
+        torch.testing.assert_close(b.double(), a, **TOLERANCE)
+
+
+def test_mqbench_own_lsq_is_noted_only_where_torch_changed_it():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slow = prepare_quantized_model(DBFDBLE(0.125), {"fast_quantizers": False})
+        fast = prepare_quantized_model(DBFDBLE(0.125), {})
+    note = mqbench_gradient_note(slow)
+    assert mqbench_gradient_note(fast) is None
+    if CLAMP_BOUND_GRADIENT_CHANGED:
+        assert "quant_scheme.fast_quantizers" in note and torch.__version__ in note
+    else:
+        assert note is None
 
 
 def test_flags_follow_enable_and_disable_without_reading_every_step():
-    reference, fast, x = pair(per_channel=False, symmetric=False)
+    reference, fast, x = make_quantizer(per_channel=False, symmetric=False)
     fast.disable_fake_quant()
     assert torch.equal(fast(x), x)
     fast.enable_fake_quant()

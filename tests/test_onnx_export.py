@@ -57,7 +57,10 @@ def _quantized_model(scheme, special=None, qat_steps=3):
 
 @pytest.fixture(scope="module")
 def qmodel():
-    return _quantized_model(SCHEME_8BIT, SPECIAL)
+    # 4 steps: after 3 (with the LSQ estimator's gradients, quant/fast_quantizers.py) one rgb activation
+    # of this barely trained net sits on a rounding tie that onnxruntime breaks the other way (37 dB at
+    # 64x64, on torch 2.13 and 2.15 alike), a known limit of comparing QDQ against fake quantization.
+    return _quantized_model(SCHEME_8BIT, SPECIAL, qat_steps=4)
 
 
 @pytest.fixture(scope="module")
