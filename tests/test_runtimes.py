@@ -182,3 +182,28 @@ def enhance_png(path) -> np.ndarray:
     import png
     width, height, rows, _ = png.Reader(filename=str(path)).read()
     return np.vstack([np.asarray(row, dtype=np.float64) for row in rows]).reshape(height, width, 3) / 65535.0
+
+
+def test_deployable_sweep_expands_to_the_thesis_scheme_and_its_deployable_form(tmp_path):
+    """configfile/sweep_deployable.yaml: 2 variants x 3 seeds, each a valid run config; the deployable
+    variant is exactly what core/export.py prints for the thesis config (not run here: hours of CPU)."""
+    import sweep
+    from core.config import load_config
+    from core.export import nearest_deployable
+    weights = tmp_path / "demo_fp.pth"  # the config checks that its weights exist (make demo writes them)
+    weights.write_bytes(b"")
+    plan = sweep.load_sweep("configfile/sweep_deployable.yaml",
+                            [f"set.load_model={weights}", f"set.load_teacher_model={weights}"])
+    runs = sweep.expand_runs(plan, sweep.expand(plan))
+    assert sorted((run["variant"], run["seed"]) for run in runs) == sorted(
+        (name, seed) for name in ("thesis_academic_w4a4", "deployable_snpe_w8a8") for seed in (0, 1, 2))
+    configs = {(run["variant"], run["seed"]): sweep.variant_config(plan, run, tmp_path) for run in runs}
+    thesis, deployable = configs["thesis_academic_w4a4", 0], configs["deployable_snpe_w8a8", 0]
+    assert (thesis.quant_scheme.backend, thesis.quant_scheme.weight.bits) == ("academic", 4)
+    assert nearest_deployable(thesis) == {"quant_scheme.backend": "snpe", "quant_scheme.weight.bits": 8,
+                                          "quant_scheme.activation.bits": 8}
+    assert nearest_deployable(deployable) == {}
+    assert deployable.extra_quantizer_dict.special_layer == thesis.extra_quantizer_dict.special_layer
+    assert deployable.distill_coeff == thesis.distill_coeff and deployable.onnx
+    seed_aba = load_config("configfile/seed_aba.yaml", check_files=False)
+    assert thesis.quant_scheme == seed_aba.quant_scheme
