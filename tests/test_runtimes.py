@@ -207,3 +207,17 @@ def test_deployable_sweep_expands_to_the_thesis_scheme_and_its_deployable_form(t
     assert deployable.distill_coeff == thesis.distill_coeff and deployable.onnx
     seed_aba = load_config("configfile/seed_aba.yaml", check_files=False)
     assert thesis.quant_scheme == seed_aba.quant_scheme
+
+
+def test_nearest_deployable_config_is_a_ready_run_config(tmp_path):
+    # What export_onnx.py writes beside a quantized export that is faster than FP32 in no runtime.
+    from core.config import load_config
+    from core.export import nearest_deployable, write_deployable_config
+    thesis = load_config("configfile/seed_aba.yaml", check_files=False)
+    path = write_deployable_config(thesis, nearest_deployable(thesis), tmp_path / "deployable_config.yaml")
+    ready = load_config(path, check_files=False)
+    assert (ready.quant_scheme.backend, ready.quant_scheme.weight.bits, ready.quant_scheme.activation.bits) == \
+        ("snpe", 8, 8)
+    assert ready.extra_quantizer_dict.special_layer == thesis.extra_quantizer_dict.special_layer
+    assert ready.distill_config == thesis.distill_config and ready.load_model == thesis.load_model
+    assert ready.experiment == f"{thesis.experiment}_deployable"
