@@ -103,7 +103,7 @@ def _openvino(model: ModelSource, threads: int = 0, precision: Optional[str] = N
                 for p in request.get_profiling_info() if p.status.name == "EXECUTED"]
 
     info = {"runtime": "openvino", "version": ov.__version__, "device": "CPU " + core.get_property("CPU", "FULL_DEVICE_NAME"),
-            "precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower().replace("<type: '", "").rstrip("'>"),
+            "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),  # f32, bf16, f16
             "precision_asked": precision, "threads": threads or "default"}
     names = [sorted(o.get_names())[0] if o.get_names() else f"output{i}" for i, o in enumerate(compiled.outputs)]
     shape = [d.get_length() if d.is_static else "dynamic" for d in compiled.inputs[0].get_partial_shape()]
