@@ -20,7 +20,8 @@ execution type (convolutions that ran I8, bf16 or f32, and the op types where th
 `agree` is the PSNR of OpenVINO's output against onnxruntime's on the timing input.
 Weights are random unless --weights names full-precision weights; latency does not depend on them.
 --profile adds, per model, onnxruntime's kernel time per op type. --full-frame adds one run per
-runtime at 4256x2848 (a full Sony frame, no tiling) of FP32 and the fastest W8A8 export: slow.
+runtime at 4256x2848 (a full Sony frame, no tiling) of FP32 and the fastest W8A8 export, one
+session at a time (not interleaved: compare them loosely): slow, and several GB per session.
 """
 import argparse
 import json
@@ -203,6 +204,24 @@ def targets(rows: list, runtimes: list) -> list[str]:
     return lines
 
 
+def full_frame_rows(rows, exports, runtimes, threads) -> list:
+    """FP32 and the fastest passing W8A8 export on one 4256x2848 frame, in each runtime. One session
+    at a time, each freed before the next: at full width four sessions held together took 20 GB."""
+    import gc
+    best = min((r for r in rows if r["model"].startswith("harness QDQ w8a8") and r["passed"]),
+               key=lambda r: r["median_ms"], default=None)
+    chosen = [e for e in exports if e[0] in ("fp32", best["model"] if best else "")]
+    frame = np.random.default_rng(0).random((1, 1, 2848, 4256), dtype=np.float32)
+    full = []
+    for export, runtime in tqdm([(e, r) for e in chosen for r in runtimes], desc="full frames", leave=False):
+        session = open_session(export[1], runtime, threads, precision="f32")
+        timing = interleaved([session], frame, 1, warmup=1)[0]
+        full.append({"model": export[0], "runtime": f"{runtime} f32", "input": "1x1x2848x4256", **timing})
+        del session
+        gc.collect()
+    return full
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512)
@@ -285,14 +304,7 @@ def main(argv=None):
                 rows[-1]["kernel_ms_by_op"] = kernel_time_by_op(path, args.size, args.threads, scratch)
         full = []
         if args.full_frame:
-            best = min((r for r in rows if r["model"].startswith("harness QDQ w8a8") and r["passed"]),
-                       key=lambda r: r["median_ms"], default=None)
-            chosen = [e for e in exports if e[0] in ("fp32", best["model"] if best else "")]
-            frame = np.random.default_rng(0).random((1, 1, 2848, 4256), dtype=np.float32)
-            full_jobs = [(e, runtime) for e in chosen for runtime in runtimes]
-            full_sessions = [open_session(e[1], runtime, args.threads, precision="f32") for e, runtime in full_jobs]
-            for (e, runtime), timing in zip(full_jobs, interleaved(full_sessions, frame, 1, warmup=1, progress=True)):
-                full.append({"model": e[0], "runtime": f"{runtime} f32", "input": "1x1x2848x4256", **timing})
+            full = full_frame_rows(rows, exports, runtimes, args.threads)
     versions = ", ".join(f"{r} {runtime_version(r).split('-')[0]}" for r in runtimes)
     print(f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs); flags: {' '.join(cpu['flags']) or 'none of note'}"
           f"{'' if has_bf16(cpu) else '; no bf16: OpenVINO bf16 not measured'}"
