@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deploy import export_full_precision, export_qdq, psnr_db  # noqa: E402
 from deploy.latency import cpu_description, interleaved  # noqa: E402
 from deploy.ort_ptq import quantize_static_onnx  # noqa: E402
-from deploy.runtimes import available, normalise_runtimes, open_session, runtime_version  # noqa: E402
+from deploy.runtimes import normalise_runtimes, open_session, runtime_version  # noqa: E402
 from models import build_model  # noqa: E402
 
 SCHEME_W8A8 = {

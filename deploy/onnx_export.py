@@ -1,6 +1,6 @@
 """ONNX export of the networks: full precision, and the MQBench fake-quantized model as a standard
-QuantizeLinear/DequantizeLinear (QDQ) graph that onnxruntime runs, each checked with onnxruntime
-right after export and described in a JSON report.
+QuantizeLinear/DequantizeLinear (QDQ) graph, each checked right after export in every runtime named
+(deploy/runtimes.py: onnxruntime, OpenVINO), timed there, and described in a JSON report.
 
 How the QDQ graph is built: in a copy of the prepared model every fake quantizer is swapped for a
 marker whose ONNX symbolic is a placeholder node of a private domain; torch's TorchScript exporter
