@@ -5,6 +5,10 @@ PNG or TIFF with a trained network: a float or quantized checkpoint, or an expor
                       (--ratio R | --reference-exposure SECONDS) [--format png|tiff]
                       [--tile-size 512 --tile-overlap 64] [--crop] [--device cpu]
     python enhance.py INPUT ... --onnx onnx/<experiment>/model_qdq.onnx --out DIR --ratio 100
+                      [--runtime auto|onnxruntime|openvino]
+
+An ONNX model runs in the runtime `--runtime` names; `auto` (the default) takes the fastest runtime
+whose export check passed for that model (export_report.json beside it), and says which.
 
 INPUT is a raw file or a folder (every file in it, sorted). The input is prepared exactly as for
 test.py: (raw - black) / (white - black) times the amplification ratio, RGGB-aligned; so on a
@@ -28,7 +32,8 @@ from tqdm import tqdm
 import harness.runner
 from helpers.files import write_bytes_atomic
 from harness.runner import run_entry_point
-from deploy.onnx_network import OnnxNetwork
+from deploy.onnx_network import OnnxNetwork, choose_runtime
+from deploy.runtimes import RUNTIMES
 from data.raw_cache import RawInfo, _decode_mosaic, open_raw
 from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
 
@@ -78,7 +83,12 @@ def load_model(args, device):
     if args.onnx:
         if not Path(args.onnx).is_file():
             raise FileNotFoundError(f"--onnx: model not found: {args.onnx}")
-        return OnnxNetwork(args.onnx, args.threads)
+        runtime, why = choose_runtime(args.onnx, args.runtime)
+        network = OnnxNetwork(args.onnx, args.threads, runtime)
+        info = network.runtime
+        print(f"running {args.onnx} in {runtime} {str(info['version']).split('-')[0]} ({info['device']}, "
+              f"{info['precision']}): {why}")
+        return network
     from harness.evaluate_run import load_network
     from harness.config import Config, load_config
     config = load_config(args.config, args.set, check_files=False) if args.config else Config()
@@ -151,7 +161,9 @@ def main(argv=None):
     parser.add_argument("--crop", action="store_true", help="cut frames to multiples of 32 (top-left) instead "
                                                             "of stopping")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = its default)")
+    parser.add_argument("--threads", type=int, default=0, help="runtime threads for --onnx (0 = its default)")
+    parser.add_argument("--runtime", default="auto", choices=("auto",) + tuple(RUNTIMES),
+                        help="runtime for --onnx; auto = the fastest that passed the model's export check")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if args.ratio is not None and args.reference_exposure is not None:

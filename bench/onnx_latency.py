@@ -1,24 +1,32 @@
-"""onnxruntime CPU latency of the exported networks, full width, one 512x512 mosaic, 2 threads,
-median of runs: FP32; the harness's W8A8 QDQ export for each MQBench placement
+"""CPU latency of the exported networks in each runtime (onnxruntime, OpenVINO), full width, one
+512x512 mosaic, 2 threads, median of interleaved runs: FP32 (OpenVINO also in bf16 where the CPU
+has bf16 instructions); the harness's W8A8 QDQ export for each MQBench placement
 (`quant_scheme.backend`: academic, onnx_qnn, snpe, tensorrt); academic with the user's 10-bit special
-layers; and onnxruntime's own static PTQ (`quantize_static`, QDQ, per channel) of the same FP32 model.
+layers; the user's thesis scheme (W4A4 + 10-bit special layers, academic) and its nearest deployable
+scheme (harness/export_run.py: nearest_deployable, snpe W8A8 + the same 10-bit layers); and onnxruntime's
+own static PTQ (`quantize_static`, QDQ, per channel) of the same FP32 model.
 
     python bench/onnx_latency.py [--size 512] [--runs 10] [--threads 2] [--width 1.0] [--weights PATH]
-                                 [--backends academic onnx_qnn snpe tensorrt] [--out DIR] [--json PATH]
-                                 [--profile]
+                                 [--backends academic onnx_qnn snpe tensorrt] [--runtimes onnxruntime openvino]
+                                 [--out DIR] [--json PATH] [--profile] [--full-frame]
 
-It also tells how onnxruntime ran each QDQ graph: the graph it actually executes (saved with
-SessionOptions.optimized_model_filepath) is read back and its convolutions counted as fused integer
-kernels (QLinearConv and friends) or float Conv fed by DequantizeLinear. Weights are random unless
---weights names full-precision weights; latency does not depend on them, the fusion decisions neither.
---profile adds, per model, where the time goes: onnxruntime's profiler, kernel time per op type.
+Every model runs in every runtime inside one loop, one run of each in turn, so that load from other
+users of a shared machine falls on all alike; compare rows of one run only. The CPU's model name
+and instruction-set flags are printed with the table. Each QDQ export is checked against the
+fake-quantized PyTorch model in every runtime (the export check, deploy/onnx_export.py), and the
+table says how each runtime ran it: onnxruntime's executed graph (SessionOptions.optimized_model_filepath)
+counted as fused integer kernels or float Conv; OpenVINO's per-layer performance counters counted by
+execution type (convolutions that ran I8, bf16 or f32, and the op types where the time went).
+`agree` is the PSNR of OpenVINO's output against onnxruntime's on the timing input.
+Weights are random unless --weights names full-precision weights; latency does not depend on them.
+--profile adds, per model, onnxruntime's kernel time per op type. --full-frame adds one run per
+runtime at 4256x2848 (a full Sony frame, no tiling) of FP32 and the fastest W8A8 export, one
+session at a time (not interleaved: compare them loosely): slow, and several GB per session.
 """
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -32,13 +40,20 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy import export_full_precision, export_qdq  # noqa: E402
+from deploy import export_full_precision, export_qdq, psnr_db  # noqa: E402
+from deploy.latency import cpu_description, interleaved  # noqa: E402
 from deploy.ort_ptq import quantize_static_onnx  # noqa: E402
+from deploy.runtimes import normalise_runtimes, open_session, runtime_version  # noqa: E402
 from models import build_model  # noqa: E402
 
 SCHEME_W8A8 = {
     "weight": {"quantizer": "lsq", "bits": 8, "symmetric": True, "per_channel": True},
     "activation": {"quantizer": "lsq", "bits": 8, "symmetric": False, "per_channel": False},
+    "calibration_batches": 2,
+}
+SCHEME_THESIS = {  # configfile/aba_config.yaml: the user's W4A4 LSQ
+    "weight": {"quantizer": "lsq", "bits": 4, "symmetric": True, "per_channel": True},
+    "activation": {"quantizer": "lsq", "bits": 4, "symmetric": False, "per_channel": False},
     "calibration_batches": 2,
 }
 SEED_CONFIG = Path(__file__).resolve().parents[1] / "configfile" / "seed_aba.yaml"
@@ -52,11 +67,11 @@ def calibration_inputs(count=2, size=128):
     return [torch.rand(1, 1, size, size, generator=generator) for _ in range(count)]
 
 
-def quantized(model, special, backend="academic"):
+def quantized(model, special, backend="academic", scheme=None):
     from quant import calibrate, prepare_quantized_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qmodel = prepare_quantized_model(model, {**SCHEME_W8A8, "backend": backend}, special)
+        qmodel = prepare_quantized_model(model, {**(scheme or SCHEME_W8A8), "backend": backend}, special)
     calibrate(qmodel, calibration_inputs())
     return qmodel.eval()
 
@@ -73,23 +88,6 @@ def session(path, threads, optimized_path=None, profile_prefix=None):
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def latencies(paths, size, runs, threads):
-    """(median, min) seconds per model. Runs are interleaved across the models (one run of each in
-    turn), so that load from other users of a shared machine falls on all of them alike."""
-    sessions = [session(path, threads) for path in paths]
-    x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
-    for sess in sessions:
-        for _ in range(2):  # first runs allocate and pick kernels
-            sess.run(None, {"raw": x})
-    times = [[] for _ in sessions]
-    for _ in tqdm(range(runs), desc="latency rounds", leave=False):
-        for sess, kept in zip(sessions, times):
-            start = time.perf_counter()
-            sess.run(None, {"raw": x})
-            kept.append(time.perf_counter() - start)
-    return [(statistics.median(kept), min(kept)) for kept in times]
 
 
 def kernel_time_by_op(path, size, threads, folder, runs=3) -> dict:
@@ -132,6 +130,98 @@ def describe_execution(ops: Counter) -> str:
     return "; ".join(parts)
 
 
+
+def _precision_of(exec_type: str) -> str:
+    tail = exec_type.rsplit("_", 1)[-1].lower()
+    return {"i8": "int8", "u8": "int8", "bf16": "bf16", "f32": "f32", "f16": "f16"}.get(tail, tail)
+
+
+def openvino_execution(path, threads, size, precision) -> dict:
+    """How OpenVINO's CPU plugin ran a model: convolutions per execution precision, and the op types
+    (with their precision) that took the most time in one run, from its performance counters."""
+    sess = open_session(path, "openvino", threads, precision=precision, profile=True)
+    x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
+    sess.run(x)
+    sess.run(x)
+    convs, time_by = Counter(), Counter()
+    for row in sess.profile():
+        kind = _precision_of(row["exec_type"])
+        if "Convolution" in row["type"] or "Deconvolution" in row["type"]:
+            convs[kind] += 1
+        time_by[f"{row['type']} {row['exec_type']}"] += row["ms"]
+    return {"convs": dict(convs), "ms_by_op": {op: round(ms, 2) for op, ms in time_by.most_common(6)}}
+
+
+def describe_openvino(execution: dict) -> str:
+    convs = ", ".join(f"{kind} x{n}" for kind, n in sorted(execution["convs"].items()))
+    top = ", ".join(f"{op} {ms:.0f}" for op, ms in list(execution["ms_by_op"].items())[:3])
+    return f"conv {convs}; ms: {top}"
+
+
+def has_bf16(cpu: dict) -> bool:
+    return any(flag in cpu["flags"] for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x"
+
+
+def targets(rows: list, runtimes: list) -> list[str]:
+    """The issue's targets, each with its measured ratio and whether it was met."""
+    def find(model, runtime):
+        return next((r for r in rows if r["model"] == model and r["runtime"] == runtime), None)
+    lines = []
+    fp_ort, snpe_ort = find("fp32", "onnxruntime f32"), find("harness QDQ w8a8, snpe", "onnxruntime f32")
+    ptq_ort = find("onnxruntime quantize_static w8a8", "onnxruntime f32")
+    if fp_ort and snpe_ort:
+        ratio = fp_ort["median_ms"] / snpe_ort["median_ms"]
+        lines.append(f"onnxruntime snpe INT8 >= 2x onnxruntime FP32: {ratio:.2f}x, "
+                     f"{'met' if ratio >= 2 else 'NOT met'}")
+    if ptq_ort and snpe_ort:
+        ratio = ptq_ort["median_ms"] / snpe_ort["median_ms"]
+        lines.append(f"onnxruntime snpe INT8 at least as fast as quantize_static: {ratio:.2f}x, "
+                     f"{'met' if ratio >= 1 else 'NOT met'}")
+    if "openvino" in runtimes:
+        int8 = [r for r in rows if r["runtime"] == "openvino f32" and r["model"].startswith("harness QDQ w8a8")
+                and r["passed"] is True]
+        best = min(int8, key=lambda r: r["median_ms"], default=None)
+        for reference in ("openvino bf16", "openvino f32"):
+            fp = find("fp32", reference)
+            if best and fp:
+                ratio = fp["median_ms"] / best["median_ms"]
+                goal = 1.5 if reference.endswith("bf16") else 1.0
+                lines.append(f"OpenVINO's fastest passing harness INT8 ({best['model']}) vs FP32 in {reference}: "
+                             f"{ratio:.2f}x{', target 1.5x: ' + ('met' if ratio >= goal else 'NOT met') if goal > 1 else ''}")
+            elif reference.endswith("bf16") and not fp:
+                lines.append("OpenVINO bf16: not measured (this CPU has neither avx512_bf16 nor amx_bf16)")
+        if not best:
+            lines.append("OpenVINO: no harness INT8 export passed its check in OpenVINO")
+    for model in ("thesis W4A4 + 10-bit special, academic", "deployable: snpe w8a8 + 10-bit special"):
+        faster = [r["runtime"] for r in rows if r["model"] == model and r["passed"] is True
+                  and (fp := find("fp32", r["runtime"])) and r["median_ms"] < fp["median_ms"]]
+        lines.append(f"{model}: faster than FP32 (same runtime) while passing its check in: "
+                     f"{', '.join(faster) or 'none'}")
+    return lines
+
+
+def full_frame_rows(rows, exports, runtimes, threads) -> list:
+    """FP32 and the fastest passing W8A8 export on one 4256x2848 frame, in each runtime. One session
+    at a time, each freed before the next: at full width four sessions held together took 20 GB."""
+    import gc
+    best = min((r for r in rows if r["model"].startswith("harness QDQ w8a8") and r["passed"]),
+               key=lambda r: r["median_ms"], default=None)
+    chosen = [e for e in exports if e[0] in ("fp32", best["model"] if best else "")]
+    frame = np.random.default_rng(0).random((1, 1, 2848, 4256), dtype=np.float32)
+    full = []
+    for export, runtime in tqdm([(e, r) for e in chosen for r in runtimes], desc="full frames", leave=False):
+        session = open_session(export[1], runtime, threads, precision="f32")
+        timing = interleaved([session], frame, 1, warmup=1)[0]
+        full.append({"model": export[0], "runtime": f"{runtime} f32", "input": "1x1x2848x4256", **timing})
+        del session
+        gc.collect()
+    return full
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512)
@@ -141,12 +231,17 @@ def main(argv=None):
     parser.add_argument("--weights", help="full-precision weights to load (default: random init)")
     parser.add_argument("--backends", nargs="+", default=["academic", "onnx_qnn", "snpe", "tensorrt"],
                         help="quant_scheme.backend values to export (W8A8)")
+    parser.add_argument("--runtimes", nargs="+", help="runtimes to time (default: every one installed)")
     parser.add_argument("--out", help="keep the exported models here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--profile", action="store_true", help="also print kernel time per op type per model")
+    parser.add_argument("--profile", action="store_true", help="also print onnxruntime's kernel time per op type")
+    parser.add_argument("--full-frame", action="store_true", help="also time FP32 and the fastest W8A8 export "
+                                                                  "on one 4256x2848 frame in each runtime (slow)")
     args = parser.parse_args(argv)
+    runtimes = normalise_runtimes(args.runtimes)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    cpu = cpu_description()
     special = yaml.safe_load(SEED_CONFIG.read_text())["extra_quantizer_dict"]["special_layer"]
 
     def float_model():
@@ -156,46 +251,94 @@ def main(argv=None):
             load_weights(model, args.weights)
         return model.eval()
 
+    def qdq(label, qmodel, name):
+        info = export_qdq(qmodel, out / name, runtimes=runtimes)
+        rows = info.checks["runtimes"]
+        exports.append((label, info.path, info.opset, {r: rows[r]["passed"] for r in rows},
+                        {r: rows[r].get("min_psnr_db") for r in rows}))
+
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
         out.mkdir(parents=True, exist_ok=True)
-        base = float_model()
-        fp32 = export_full_precision(base, out / "fp32.onnx")
-        exports = [("fp32", fp32.path, fp32.opset, fp32.passed)]
+        fp32 = export_full_precision(float_model(), out / "fp32.onnx", runtimes=runtimes)
+        exports = [("fp32", fp32.path, fp32.opset, {r: v["passed"] for r, v in fp32.checks["runtimes"].items()}, {})]
         for backend in tqdm(args.backends, desc="export QDQ", leave=False):
-            info = export_qdq(quantized(float_model(), None, backend), out / f"qdq_w8a8_{backend}.onnx")
-            exports.append((f"harness QDQ w8a8, {backend}", info.path, info.opset, info.passed))
-        info = export_qdq(quantized(float_model(), special), out / "qdq_w8a8_special10.onnx")
-        exports.append(("harness QDQ w8a8 + 10-bit special, academic", info.path, info.opset, info.passed))
+            qdq(f"harness QDQ w8a8, {backend}", quantized(float_model(), None, backend), f"qdq_w8a8_{backend}.onnx")
+        qdq("harness QDQ w8a8 + 10-bit special, academic", quantized(float_model(), special),
+            "qdq_w8a8_special10.onnx")
+        qdq("thesis W4A4 + 10-bit special, academic", quantized(float_model(), special, scheme=SCHEME_THESIS),
+            "qdq_thesis_w4a4_special10.onnx")
+        qdq("deployable: snpe w8a8 + 10-bit special", quantized(float_model(), special, "snpe"),
+            "qdq_deployable_snpe_w8a8_special10.onnx")
         ptq_path = quantize_static_onnx(fp32.path, out / "ort_ptq_w8a8.onnx",
                                         [x.numpy() for x in calibration_inputs()])
-        exports.append(("onnxruntime quantize_static w8a8", str(ptq_path), 17, None))
+        exports.append(("onnxruntime quantize_static w8a8", str(ptq_path), 17, {}, {}))
+
+        specs = [(runtime, "f32") for runtime in runtimes]
+        jobs = [(e, runtime, precision) for e in exports for runtime, precision in specs]
+        if "openvino" in runtimes and has_bf16(cpu):
+            jobs.append((exports[0], "openvino", "bf16"))  # the float network at OpenVINO's own default
+        sessions = [open_session(e[1], runtime, args.threads, precision=precision) for e, runtime, precision in jobs]
+        x = np.random.default_rng(0).random((1, 1, args.size, args.size), dtype=np.float32)
+        outputs = [session.run(x) for session in sessions]
+        timings = interleaved(sessions, x, args.runs, progress=True)
+        reference = {e[0]: got for (e, runtime, precision), got in zip(jobs, outputs) if runtime == "onnxruntime"}
         rows = []
-        timings = latencies([path for _, path, _, _ in exports], args.size, args.runs, args.threads)
-        for (label, path, opset, passed), (median, best) in zip(exports, timings):
-            ops = executed_graph(path, args.threads, scratch)
-            rows.append({"model": label, "opset": opset, "file_mb": Path(path).stat().st_size / 1e6,
-                         "median_ms": median * 1e3, "min_ms": best * 1e3, "passed_checks": passed,
-                         "integer_convs": integer_convs(ops),
-                         "execution": describe_execution(ops) if label != "fp32" else "float",
-                         "executed_ops": dict(ops)})
-            if args.profile:
+        for (export, runtime, precision), got, timing in zip(jobs, outputs, timings):
+            label, path, opset, passed, min_psnr = export
+            if runtime == "onnxruntime":
+                ops = executed_graph(path, args.threads, scratch)
+                how = describe_execution(ops) if label != "fp32" else "float"
+                extra = {"integer_convs": integer_convs(ops), "executed_ops": dict(ops)}
+            else:
+                execution = openvino_execution(path, args.threads, args.size, precision)
+                how, extra = describe_openvino(execution), {"openvino_execution": execution}
+            agree = (min(psnr_db(r, g) for r, g in zip(reference[label], got))
+                     if label in reference and runtime != "onnxruntime" else None)
+            rows.append({"model": label, "runtime": f"{runtime} {precision}", "opset": opset,
+                         "file_mb": Path(path).stat().st_size / 1e6, **timing,
+                         "passed": passed.get(runtime) if precision == "f32" else None,
+                         "min_psnr_vs_pytorch": min_psnr.get(runtime) if precision == "f32" else None,
+                         "psnr_vs_onnxruntime": agree, "execution": how, **extra})
+            if args.profile and runtime == "onnxruntime":
                 rows[-1]["kernel_ms_by_op"] = kernel_time_by_op(path, args.size, args.threads, scratch)
-    fp32_ms = rows[0]["median_ms"]
-    print(f"onnxruntime {ort.__version__} CPU, {args.threads} threads, 1x1x{args.size}x{args.size}, "
-          f"width {args.width}, median of {args.runs} interleaved runs")
-    print(f"{'model':46s} {'MB':>7s} {'median ms':>10s} {'min ms':>8s} {'vs fp32':>8s}  how it ran")
+        full = []
+        if args.full_frame:
+            full = full_frame_rows(rows, exports, runtimes, args.threads)
+    versions = ", ".join(f"{r} {runtime_version(r).split('-')[0]}" for r in runtimes)
+    print(f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs); flags: {' '.join(cpu['flags']) or 'none of note'}"
+          f"{'' if has_bf16(cpu) else '; no bf16: OpenVINO bf16 not measured'}"
+          f"{'' if any(f.startswith('amx') for f in cpu['flags']) else '; no AMX'}")
+    print(f"{versions}; {args.threads} threads, 1x1x{args.size}x{args.size}, width {args.width}, "
+          f"median of {args.runs} runs interleaved across all rows")
+    fp_ort = next((r["median_ms"] for r in rows if r["model"] == "fp32" and r["runtime"] == "onnxruntime f32"), None)
+    print(f"{'model':44s} {'runtime':16s} {'MB':>6s} {'median':>8s} {'min':>7s} {'vs ORT':>7s} {'vs own':>7s} "
+          f"{'check':>6s} {'agree':>6s}  how it ran")
     for row in rows:
-        print(f"{row['model']:46s} {row['file_mb']:7.2f} {row['median_ms']:10.1f} {row['min_ms']:8.1f} "
-              f"{fp32_ms / row['median_ms']:7.2f}x  {row['execution']}")
+        own = next(r["median_ms"] for r in rows if r["model"] == "fp32" and r["runtime"] == row["runtime"])
+        check = {True: "pass", False: "FAIL", None: "-"}[row["passed"]]
+        agree = f"{row['psnr_vs_onnxruntime']:.1f}" if row["psnr_vs_onnxruntime"] is not None else "-"
+        print(f"{row['model']:44s} {row['runtime']:16s} {row['file_mb']:6.2f} {row['median_ms']:8.1f} "
+              f"{row['min_ms']:7.1f} {_ratio(fp_ort, row['median_ms']) if fp_ort else '-':>7s} "
+              f"{_ratio(own, row['median_ms']):>7s} {check:>6s} {agree:>6s}  {row['execution']}")
+    print("(vs ORT: onnxruntime FP32 / this; vs own: FP32 in the same runtime and precision / this; check: the "
+          "export check against fake-quant PyTorch in that runtime; agree: PSNR dB of this output against "
+          "onnxruntime's, same model)")
+    for row in full:
+        print(f"full frame {row['input']}: {row['model']:40s} {row['runtime']:16s} {row['median_ms'] / 1e3:8.2f} s")
+    print("\ntargets:")
+    for line in targets(rows, runtimes):
+        print(f"  {line}")
     if args.profile:
         print("\nkernel time per run by op type (onnxruntime profiler; the rest of a run is scheduling and memory):")
         for row in rows:
-            profile = row["kernel_ms_by_op"]
-            top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(profile.items())[:6])
-            print(f"  {row['model']:46s} {sum(profile.values()):7.1f} ms: {top}")
+            profile = row.get("kernel_ms_by_op")
+            if profile:
+                top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(profile.items())[:6])
+                print(f"  {row['model']:46s} {sum(profile.values()):7.1f} ms: {top}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"cpu": cpu, "versions": versions, "rows": rows, "full_frame": full,
+                                               "targets": targets(rows, runtimes)}, indent=2, default=str))
     return rows
 
 

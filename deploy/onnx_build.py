@@ -290,8 +290,21 @@ def _initializer(name: str, array: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def _materialize_qdq(model: onnx.ModelProto, specs: dict[int, QuantSpec], folded: dict[str, np.ndarray]) -> None:
-    """Replace every placeholder node with standard QDQ nodes, in place, keeping tensor names."""
+WIDE_ACTIVATION_FORMS = ("round", "qdq")
+
+
+def _materialize_qdq(model: onnx.ModelProto, specs: dict[int, QuantSpec], folded: dict[str, np.ndarray],
+                     wide_activations: str = "round") -> None:
+    """Replace every placeholder node with standard QDQ nodes, in place, keeping tensor names.
+
+    wide_activations "round": an activation quantizer held in a 16-bit type is written without
+    QuantizeLinear/DequantizeLinear, as Mul(1/scale) -> Clip(quant_min - zp, quant_max - zp) -> Round
+    -> Mul(scale): the same values (Round is half to even like QuantizeLinear, and the Clip's integer
+    bounds make its saturation a no-op). Neither runtime has 16-bit integer kernels to fuse such a pair
+    into, and OpenVINO 2026.4 computes some of them wrong: its low-precision transformations mistake
+    a uint16 pair feeding an 8-bit convolution for one they can fold (the academic W8A8 + 10-bit
+    model moved 128 steps at dbf_pool1, 8 dB; onnx/README.md). "qdq" keeps the uint16/int16 pairs,
+    for tools with 16-bit integer kernels."""
     graph = model.graph
     nodes, initializers, made, uses = [], [], set(), Counter()
 
@@ -346,7 +359,8 @@ def _materialize_qdq(model: onnx.ModelProto, specs: dict[int, QuantSpec], folded
                 if quantize_scale not in made:
                     made.add(quantize_scale)
                     initializers.append(_initializer(quantize_scale, np.ones_like(spec.scale)))
-        if spec.clip:
+        rounded = wide_activations == "round" and spec.dtype.endswith("16")
+        if spec.clip or rounded:
             low, high = spec.clip_bounds()
             clipped = f"{tag}/clipped"
             low_name, high_name = constant("clip_min", low), constant("clip_max", high)
@@ -358,6 +372,11 @@ def _materialize_qdq(model: onnx.ModelProto, specs: dict[int, QuantSpec], folded
                 nodes.append(helper.make_node("Min", [f"{clipped}_low", high_name], [clipped], name=f"{tag}/ClipHigh"))
             source = clipped
         quantized = f"{tag}/quantized"
+        if rounded:
+            nodes.append(helper.make_node("Round", [source], [quantized], name=f"{tag}/Round"))
+            nodes.append(helper.make_node("Mul", [quantized, constant("step", spec.scale)], [node.output[0]],
+                                          name=f"{tag}/Rescale"))
+            continue
         nodes.append(helper.make_node("QuantizeLinear", [source, quantize_scale, zero_point], [quantized],
                                       name=f"{tag}/QuantizeLinear", **axis))
         nodes.append(helper.make_node("DequantizeLinear", [quantized, scale, zero_point], [node.output[0]],

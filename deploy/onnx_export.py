@@ -1,6 +1,6 @@
 """ONNX export of the networks: full precision, and the MQBench fake-quantized model as a standard
-QuantizeLinear/DequantizeLinear (QDQ) graph that onnxruntime runs, each checked with onnxruntime
-right after export and described in a JSON report.
+QuantizeLinear/DequantizeLinear (QDQ) graph, each checked right after export in every runtime named
+(deploy/runtimes.py: onnxruntime, OpenVINO), timed there, and described in a JSON report.
 
 The export itself: build (deploy/onnx_build.py), check (deploy/onnx_verify.py), report
 (deploy/onnx_report.py).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -17,25 +18,32 @@ import numpy as np
 import torch
 
 from deploy.quantizers import ExportError, describe, fake_quantizers, fold_weight
+from deploy.latency import cpu_description, interleaved
+from deploy.runtimes import DEFAULT_PRECISION, normalise_runtimes, open_session
 from deploy.transposed_conv import transposed_convs_as_integer_convs
 from deploy.onnx_build import (FP_OPSET, INPUT_NAME, QDQ_OPSET_16BIT, SHAPE_RULE, TORCHSCRIPT_MAX_OPSET, example_input,
                                infer_input_kind, measured_shape_rule, required_opset, _ActivationMarker, _as_tuple, _declared, _dynamic_axes,
-                               _frozen_quantized_copy, _io, _materialize_qdq, _observe, _opset_21_type, _output_names,
+                               _frozen_quantized_copy, _io, _materialize_qdq, _observe, WIDE_ACTIVATION_FORMS, _opset_21_type, _output_names,
                                _parent, _pin_static_output_dims, _raise_opset, _save_model, _set_opset, _torch_to_onnx,
                                _WeightMarker, _without_quantizers)
 from deploy.onnx_report import ExportInfo, FP_FILE, QDQ_FILE, REPORT_FILE, write_report, _versions
 from deploy.onnx_verify import (FLOAT_NOISE_MARGIN_DB, MISMATCH_LIMIT, first_divergence, float_noise_db, psnr_db,
-                                psnr_targets, _check_shapes, _checker, _finite, _session)
+                                psnr_targets, _check_shapes, _checker, _finite, _runtime_row, _session)
+
+DEFAULT_RUNTIMES = None  # every runtime of deploy.runtimes that is installed
 
 
 # ----------------------------------------------------------------------------- public API
 
 def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, example_hw=(64, 64),
-                          input_kind: Optional[str] = None, check: bool = True) -> ExportInfo:
+                          input_kind: Optional[str] = None, check: bool = True,
+                          runtimes=DEFAULT_RUNTIMES) -> ExportInfo:
     """The float network as ONNX: input `raw`, outputs `mono` and `rgb` (DBF/DBLE) or `rgb` (U-Net),
     batch, height and width dynamic. A prepared (fake-quantized) model is exported with its
-    quantizers removed, i.e. its trained float weights."""
+    quantizers removed, i.e. its trained float weights. `runtimes`: each one named runs the check
+    (deploy.runtimes: onnxruntime, openvino)."""
     path = Path(path)
+    runtimes = normalise_runtimes(runtimes)
     net = _without_quantizers(model)
     kind = infer_input_kind(model, input_kind)
     x = example_input(kind, 1, *example_hw)
@@ -48,18 +56,23 @@ def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, e
     checks = {"checker": _checker(proto)}
     passed = checks["checker"]["ok"]
     if check:
-        session, runs = _session(proto), []
+        samples = []
         for batch, height, width in _check_shapes(example_hw):
             sample = example_input(kind, batch, height, width, seed=1)
             with torch.no_grad():
-                expected = [t.numpy() for t in _as_tuple(net(sample))]
-            got = session.run(None, {INPUT_NAME: sample.numpy()})
-            errors = {n: float(np.abs(e - g).max()) for n, e, g in zip(output_names, expected, got)}
-            tolerance = 1e-4 * max(1.0, max(float(np.abs(e).max()) for e in expected))
-            runs.append({"input_shape": list(sample.shape), "max_abs_err": errors, "tolerance": tolerance,
-                         "ok": all(v <= tolerance for v in errors.values())})
-        checks["onnxruntime"] = runs
-        passed = passed and all(run["ok"] for run in runs)
+                samples.append((sample, [t.numpy() for t in _as_tuple(net(sample))]))
+        checks["runtimes"] = {}
+        for runtime in runtimes:
+            session, runs = _session(proto, runtime), []
+            for sample, expected in samples:
+                got = session.run(sample.numpy())
+                errors = {n: float(np.abs(e - g).max()) for n, e, g in zip(output_names, expected, got)}
+                tolerance = 1e-4 * max(1.0, max(float(np.abs(e).max()) for e in expected))
+                runs.append({"input_shape": list(sample.shape), "max_abs_err": errors, "tolerance": tolerance,
+                             "ok": all(v <= tolerance for v in errors.values())})
+            checks[runtime] = runs
+            checks["runtimes"][runtime] = _runtime_row(session, runs)
+        passed = passed and all(row["passed"] for row in checks["runtimes"].values())
     inputs, outputs = _io(proto)
     size = _save_model(proto, path)
     notes = ["exported from a fake-quantized model with its quantizers removed"] if fake_quantizers(model) else []
@@ -68,12 +81,18 @@ def export_full_precision(model: torch.nn.Module, path, opset: int = FP_OPSET, e
 
 
 def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, example_hw=(64, 64),
-               input_kind: Optional[str] = None, check: bool = True, psnr_target: float = 40.0) -> ExportInfo:
-    """The MQBench-prepared model as a standard QDQ graph (no custom domains).
+               input_kind: Optional[str] = None, check: bool = True, psnr_target: float = 40.0,
+               runtimes=DEFAULT_RUNTIMES, wide_activations: str = "round") -> ExportInfo:
+    """The MQBench-prepared model as a standard QDQ graph (no custom domains), checked against the
+    fake-quantized PyTorch model in each of `runtimes` (deploy.runtimes) with the same target.
 
-    opset None: 17, or 21 when any quantizer needs a 16-bit type. Raises ExportError naming the
+    opset None: 17, or 21 when any quantizer needs a 16-bit type. wide_activations: how activation
+    quantizers held in 16-bit types are written (see _materialize_qdq). Raises ExportError naming the
     first quantizer that has no faithful QDQ form; nothing is written then."""
+    if wide_activations not in WIDE_ACTIVATION_FORMS:
+        raise ValueError(f"wide_activations {wide_activations!r}: choose one of {', '.join(WIDE_ACTIVATION_FORMS)}")
     path = Path(path)
+    runtimes = normalise_runtimes(runtimes)
     kind = infer_input_kind(qmodel, input_kind)
     x = example_input(kind, 1, *example_hw)
     reference = _frozen_quantized_copy(qmodel, x)
@@ -119,7 +138,7 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
         by_id[qid] = spec
     axes = _dynamic_axes(kind, output_names, reference_outputs, x)
     proto = _torch_to_onnx(marked, x, opset, output_names, axes, custom_domain=True)
-    _materialize_qdq(proto, by_id, folded)
+    _materialize_qdq(proto, by_id, folded, wide_activations)
     # The TorchScript exporter's shape inference gives the markers' outputs made-up symbolic dims
     # that wrongly equate different tensors' sizes (every DBF level shared one height symbol);
     # onnxruntime plans buffers by those names and fails ("Shape mismatch attempting to re-use
@@ -133,28 +152,35 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
     checks = {"checker": _checker(proto), "custom_domains": stray,
               "node_counts": dict(Counter(n.op_type for n in proto.graph.node
                                           if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Clip", "Max", "Min",
-                                                           "ConvTranspose"))),
+                                                           "Round", "ConvTranspose"))),
+              "wide_activations": wide_activations,
               "transposed_convs_as_integer_convs": as_integer_convs}
     passed = checks["checker"]["ok"] and not stray
     if check:
-        session, runs, measured = _session(proto), [], []  # measured: (input, PSNR, float noise) per run
+        measured = []  # (input, PyTorch outputs, float noise) per check input, shared by every runtime
         for batch, height, width in _check_shapes(example_hw):
             sample = example_input(kind, batch, height, width, seed=1)
             with torch.no_grad():
                 expected = [t.numpy() for t in _as_tuple(reference(sample))]
-            got = session.run(None, {INPUT_NAME: sample.numpy()})
-            values = {n: psnr_db(e, g) for n, e, g in zip(output_names, expected, got)}
-            noise = dict(zip(output_names, float_noise_db(reference, sample, expected)))
-            measured.append((sample, values, noise))
-            runs.append({"input_shape": list(sample.shape), "psnr_db": {k: _finite(v) for k, v in values.items()},
-                         "max_abs_err": {n: float(np.abs(e - g).max()) for n, e, g in zip(output_names, expected, got)},
-                         "float_noise_db": {k: _finite(v) for k, v in noise.items()}})
+            measured.append((sample, expected, dict(zip(output_names, float_noise_db(reference, sample, expected)))))
         floor, targets = psnr_targets([noise for _, _, noise in measured], psnr_target)
-        for run, (sample, values, _) in zip(runs, measured):
-            run["ok"] = all(values[n] >= targets[n] for n in output_names)
-            if any(v < psnr_target for v in values.values()):
-                run["first_divergence"] = first_divergence(proto, reference, specs, sample)
-        checks["onnxruntime"] = runs
+        checks["runtimes"] = {}
+        for runtime in runtimes:
+            session, runs = _session(proto, runtime), []
+            for sample, expected, noise in measured:
+                got = session.run(sample.numpy())
+                values = {n: psnr_db(e, g) for n, e, g in zip(output_names, expected, got)}
+                run = {"input_shape": list(sample.shape), "psnr_db": {k: _finite(v) for k, v in values.items()},
+                       "max_abs_err": {n: float(np.abs(e - g).max()) for n, e, g in zip(output_names, expected, got)},
+                       "float_noise_db": {k: _finite(v) for k, v in noise.items()},
+                       "ok": all(values[n] >= targets[n] for n in output_names)}
+                if any(v < psnr_target for v in values.values()):
+                    run["first_divergence"] = first_divergence(proto, reference, specs, sample, runtime)
+                runs.append(run)
+            checks[runtime] = runs
+            checks["runtimes"][runtime] = _runtime_row(session, runs)
+            checks["runtimes"][runtime]["min_psnr_db"] = _finite(min(
+                psnr for run in runs for psnr in (math.inf if v == "inf" else v for v in run["psnr_db"].values())))
         checks["psnr_target_db"] = psnr_target
         checks["float_noise_floor_db"] = {n: _finite(v) for n, v in floor.items()}
         checks["effective_target_db"] = {n: _finite(v) for n, v in targets.items()}
@@ -162,8 +188,8 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
         checks["psnr_rule"] = (f"each output reaches psnr_target_db against PyTorch; a model whose own output moves "
                                f"further when its convolutions are summed in another order (float_noise_floor_db: "
                                f"PyTorch with oneDNN against PyTorch without) must come within "
-                               f"{FLOAT_NOISE_MARGIN_DB:g} dB of that floor instead")
-        passed = passed and all(run["ok"] for run in runs)
+                               f"{FLOAT_NOISE_MARGIN_DB:g} dB of that floor instead; the same in every runtime")
+        passed = passed and all(row["passed"] for row in checks["runtimes"].values())
     inputs, outputs = _io(proto)
     size = _save_model(proto, path)
     rows = {s.name: s.report() for s in specs}
@@ -179,30 +205,78 @@ def export_qdq(qmodel: torch.nn.Module, path, opset: Optional[int] = None, examp
                       quantizers=rows, notes=notes)
 
 
+def measure_latency(paths: dict, kind: str, runtimes: list[str], hw=(256, 256), runs: int = 5,
+                    threads: int = 0) -> dict:
+    """Median/min milliseconds of each exported model (`paths`: model kind -> file) in each runtime,
+    all sessions interleaved in one loop (deploy.latency), on one input of `hw`."""
+    x = example_input(kind, 1, *hw, seed=2).numpy()
+    keys = [(runtime, model) for runtime in runtimes for model in paths]
+    sessions = [open_session(paths[model], runtime, threads, precision=DEFAULT_PRECISION) for runtime, model in keys]
+    timed = interleaved(sessions, x, runs)
+    table = {runtime: {} for runtime in runtimes}
+    for (runtime, model), row in zip(keys, timed):
+        table[runtime][model] = row
+    return {"input_shape": list(x.shape), "runs": runs, "threads": threads or "runtime default",
+            "precision": DEFAULT_PRECISION, "cpu": cpu_description(), "ms": table,
+            "how": "every model in every runtime once per round, rounds interleaved (deploy/latency.py)"}
+
+
+def deployment_summary(report: dict) -> dict:
+    """Per exported model: the runtimes whose check passed, the fastest of them (from the report's
+    latency, when measured), and for the QDQ model the runtimes where it ran faster than the
+    full-precision model in that same runtime."""
+    latency = report.get("latency", {}).get("ms", {})
+    summary = {}
+    for kind, info in report["models"].items():
+        passed = [name for name, row in info["checks"].get("runtimes", {}).items() if row["passed"]]
+        timed = {name: latency[name][kind]["median_ms"] for name in passed if kind in latency.get(name, {})}
+        row = {"passed_in": passed, "fastest_passed": min(timed, key=timed.get) if timed else None}
+        if kind == "qdq" and latency:
+            row["faster_than_fp32_in"] = [name for name in passed if "full_precision" in latency.get(name, {})
+                                          and latency[name]["qdq"]["median_ms"] < latency[name]["full_precision"]["median_ms"]]
+            row["speedup_vs_fp32"] = {name: round(latency[name]["full_precision"]["median_ms"] /
+                                                  latency[name]["qdq"]["median_ms"], 3)
+                                      for name in latency if {"qdq", "full_precision"} <= set(latency[name])}
+        summary[kind] = row
+    return summary
+
+
 def export_model(model: torch.nn.Module, out_dir, *, quantized: Optional[bool] = None, opset: Optional[int] = None,
                  example_hw=(64, 64), input_kind: Optional[str] = None, psnr_target: float = 40.0,
-                 source: Optional[dict] = None) -> dict:
-    """Full precision, then (for a fake-quantized model) QDQ, then the report beside them in `out_dir`.
+                 source: Optional[dict] = None, runtimes=DEFAULT_RUNTIMES, latency_hw=(256, 256),
+                 latency_runs: int = 5, wide_activations: str = "round") -> dict:
+    """Full precision, then (for a fake-quantized model) QDQ, each checked in every runtime of
+    `runtimes`, then their latency in each runtime (`latency_runs` interleaved rounds on one
+    `latency_hw` input; 0 skips it), then the report beside them in `out_dir`.
 
     An unexportable quantizer raises ExportError only after the full-precision model and the report
     (with the error in it) are written. Failed numeric checks do not raise: report['passed'] is False."""
     out_dir = Path(out_dir)
+    runtimes = normalise_runtimes(runtimes)
     quantized = bool(fake_quantizers(model)) if quantized is None else quantized
     kind = infer_input_kind(model, input_kind)
     example_input(kind, 1, *example_hw)  # a bad size fails here, before any file is touched
+    if latency_runs:
+        example_input(kind, 1, *latency_hw)
     report = {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "versions": _versions(), "source": source or {}, "input_kind": kind,
-              "example_hw": list(example_hw), "models": {}, "error": None}
+              "versions": _versions(runtimes), "source": source or {}, "input_kind": kind,
+              "example_hw": list(example_hw), "runtimes": runtimes, "models": {}, "error": None}
     error = None
     try:
-        fp = export_full_precision(model, out_dir / FP_FILE, opset or FP_OPSET, example_hw, input_kind)
+        fp = export_full_precision(model, out_dir / FP_FILE, opset or FP_OPSET, example_hw, input_kind,
+                                   runtimes=runtimes)
         report["models"]["full_precision"] = fp.to_dict()
         if quantized:
             try:
-                qdq = export_qdq(model, out_dir / QDQ_FILE, opset, example_hw, input_kind, psnr_target=psnr_target)
+                qdq = export_qdq(model, out_dir / QDQ_FILE, opset, example_hw, input_kind, psnr_target=psnr_target,
+                                 runtimes=runtimes, wide_activations=wide_activations)
                 report["models"]["qdq"] = qdq.to_dict()
             except ExportError as failure:
                 error = failure
+        if latency_runs:
+            report["latency"] = measure_latency({k: Path(m["path"]) for k, m in report["models"].items()}, kind,
+                                                runtimes, latency_hw, latency_runs)
+        report["deployment"] = deployment_summary(report)
     except BaseException as failure:
         error = failure
         raise

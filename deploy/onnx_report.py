@@ -12,6 +12,7 @@ import torch
 
 from helpers.files import write_text_atomic
 from deploy.onnx_build import _publish
+from deploy.runtimes import runtime_version
 
 FP_FILE, QDQ_FILE, REPORT_FILE = "model_fp32.onnx", "model_qdq.onnx", "export_report.json"
 
@@ -35,9 +36,9 @@ class ExportInfo:
         return asdict(self)
 
 
-def _versions() -> dict:
-    import onnxruntime
-    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+def _versions(runtimes: list[str]) -> dict:
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__}
+    versions.update({runtime: runtime_version(runtime) for runtime in runtimes})
     try:
         from importlib.metadata import version
         versions["mqbench"] = version("mqbench-torch2")

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from deploy.quantizers import QuantSpec, fake_quantizers
 from deploy.onnx_build import INPUT_NAME, _as_tuple
+from deploy.runtimes import DEFAULT_PRECISION, open_session
 
 # QDQ may differ from a quantizer on exact rounding ties and x/s vs x*(1/s): a handful of elements.
 MISMATCH_LIMIT = 1e-3
@@ -24,14 +25,14 @@ FLOAT_NOISE_MARGIN_DB = 6.0
 
 # ----------------------------------------------------------------------------- checks
 
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    # The checks feed two input sizes to one session; the memory-pattern planner then warns about
-    # buffers it cannot reuse, which is expected with dynamic shapes, not a fault.
-    options.enable_mem_pattern = False
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+def _session(model: onnx.ModelProto, runtime: str = "onnxruntime"):
+    # Checks run the float parts in f32 in every runtime: that is what is compared with PyTorch, and
+    # the report records it (OpenVINO would otherwise pick bf16 by itself on CPUs that have it).
+    return open_session(model, runtime, precision=DEFAULT_PRECISION)
+
+
+def _runtime_row(session, runs: list) -> dict:
+    return {**session.info, "passed": all(run["ok"] for run in runs)}
 
 
 def _check_shapes(example_hw) -> list[tuple[int, int, int]]:
@@ -46,16 +47,17 @@ def _activation_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Quantizer name -> the tensor its (first) DequantizeLinear writes, for activation quantizers."""
     found = {}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.name.endswith("/DequantizeLinear") and "#" not in node.name:
-            name = node.name[:-len("/DequantizeLinear")]
+        ending = {"DequantizeLinear": "/DequantizeLinear", "Mul": "/Rescale"}.get(node.op_type)
+        if ending and node.name.endswith(ending) and "#" not in node.name:
+            name = node.name[:-len(ending)]
             if node.input[0].endswith("/quantized"):  # weights dequantize an initializer instead
                 found[name] = node.output[0]
     return found
 
 
 def first_divergence(model: onnx.ModelProto, reference: torch.nn.Module, specs: list[QuantSpec],
-                     x: torch.Tensor) -> Optional[dict]:
-    """Where onnxruntime's QDQ graph first departs from the fake-quantized PyTorch model on input x:
+                     x: torch.Tensor, runtime: str = "onnxruntime") -> Optional[dict]:
+    """Where a runtime's QDQ graph first departs from the fake-quantized PyTorch model on input x:
     the first activation quantizer (in graph order) whose dequantized output differs, with how many
     elements differ and by how many quantization steps at most; None when every quantizer agrees.
 
@@ -63,20 +65,17 @@ def first_divergence(model: onnx.ModelProto, reference: torch.nn.Module, specs: 
     quantizer's *input* differed by float rounding (the two runtimes sum convolutions in different
     orders) and an element near a rounding boundary went the other way. At 4 bits one such flip is
     1/15 of the range and propagates; this names the quantizer where it starts.
-    The graph runs unoptimized here (DequantizeLinear outputs must stay visible)."""
-    import onnxruntime as ort
+    onnxruntime runs the graph unoptimized here (DequantizeLinear outputs must stay visible).
+    OpenVINO cannot switch its low-precision transformations off; each extra output only stops the
+    fusions across that one tensor, so it shows where its integer kernels start to differ."""
     outputs = _activation_outputs(model)
     probe = copy.deepcopy(model)
     present = {o.name for o in probe.graph.output}
     for tensor in outputs.values():
         if tensor not in present:
             probe.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    got = dict(zip(names, session.run(None, {INPUT_NAME: x.numpy()})))
+    session = open_session(probe, runtime, precision=DEFAULT_PRECISION, optimize=False)
+    got = dict(zip([o.name for o in probe.graph.output], session.run(x.numpy())))
     seen, hooks = {}, []
 
     def keep(name, output):

@@ -6,7 +6,7 @@ Top-level keys of the user's thesis config (quant, test, onnx, quant_teacher, gp
 debug, pdb_debug, load_model, load_quant_model, load_teacher_model, config_file_path,
 extra_quantizer_dict, output_layer_list, distill_config, distill_coeff) keep their names and
 meanings; everything else lives in sections (data, model, optim, schedule, loss, val, output,
-quant_scheme, distill, onnx_export) whose defaults reproduce the authors' recipe.
+quant_scheme, distill, onnx_export, deploy) whose defaults reproduce the authors' recipe.
 """
 from __future__ import annotations
 
@@ -215,6 +215,30 @@ class OnnxExportConfig(Section):
     opset: Optional[int] = None  # null: 17, or 21 when a quantizer is wider than 8 bits or a weight 4-bit
     height: int = 64  # example input height used for the export and its checks
     width: int = 64  # example input width
+    # Activations held in 16-bit types (10-bit special layers): round = Mul/Clip/Round/Mul (same values,
+    # computed right by every runtime here), qdq = uint16/int16 QuantizeLinear/DequantizeLinear pairs.
+    wide_activations: Literal["round", "qdq"] = "round"
+
+
+class DeployConfig(Section):
+    """Which runtimes run an exported model (deploy/runtimes.py): the export checks each one against
+    the fake-quantized PyTorch model and times it; enhance.py picks the fastest that passed."""
+    runtime: Union[str, list[str]] = Field(default_factory=lambda: ["onnxruntime", "openvino"])
+    latency_size: int = Field(256, ge=32)  # the export report's timing input (square, multiple of 32)
+    latency_runs: int = Field(5, ge=0)  # interleaved rounds; 0 = no timing in the report
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtimes(cls, value):
+        from deploy.runtimes import normalise_runtimes
+        return normalise_runtimes(value)
+
+    @field_validator("latency_size")
+    @classmethod
+    def _multiple_of_32(cls, value):
+        if value % 32:
+            raise ValueError(f"must be a multiple of 32, got {value}")
+        return value
 
 
 class SpecialLayers(Section):
@@ -260,6 +284,7 @@ class Config(Section):
     quant_scheme: QuantSchemeConfig = Field(default_factory=QuantSchemeConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     onnx_export: OnnxExportConfig = Field(default_factory=OnnxExportConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @field_validator("load_model", "load_quant_model", "load_teacher_model", mode="before")
     @classmethod

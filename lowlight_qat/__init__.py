@@ -142,12 +142,14 @@ def rank_layers(model: nn.Module, batches: Iterable, loss=mse_task_loss, layers:
                 progress=progress)
 
 
-def export_onnx(model: nn.Module, out_dir, height: int = 64, width: int = 64, opset: Optional[int] = None) -> dict:
+def export_onnx(model: nn.Module, out_dir, height: int = 64, width: int = 64, opset: Optional[int] = None,
+                runtimes=None) -> dict:
     """model_fp32.onnx, and for a quantized model model_qdq.onnx (QuantizeLinear/DequantizeLinear),
-    each checked in onnxruntime against PyTorch, plus export_report.json, in `out_dir`
+    each checked against PyTorch in every runtime of `runtimes` (None: onnxruntime and OpenVINO, as
+    installed; deploy/runtimes.py) and timed there, plus export_report.json, in `out_dir`
     (deploy/onnx_export.py). Returns the report; report['passed'] says whether every check passed."""
     from deploy import export_model
-    return export_model(model, out_dir, opset=opset, example_hw=(height, width))
+    return export_model(model, out_dir, opset=opset, example_hw=(height, width), runtimes=runtimes)
 
 
 class _Samples:

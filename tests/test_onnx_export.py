@@ -262,7 +262,8 @@ def test_cli_exports_a_quantized_checkpoint(qmodel, tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     torch.save({"quantized": True, "model": quantized_state(qmodel)}, tmp_path / "q.pth")
     report = export_onnx.main(["--config", str(tmp_path / "run.yaml"), "--checkpoint", str(tmp_path / "q.pth"),
-                               "--out", str(tmp_path / "out"), "--height", "64", "--width", "96"])
+                               "--out", str(tmp_path / "out"), "--height", "64", "--width", "96",
+                               "--set", "deploy.latency_runs=0"])  # no timing: no deployable advice either
     assert report["passed"] and report["example_hw"] == [64, 96]
     assert {p.name for p in (tmp_path / "out").iterdir()} == {FP_FILE, QDQ_FILE, REPORT_FILE}
     assert [spec.bits for spec in describe_quantizers(qmodel)].count(10) == 4

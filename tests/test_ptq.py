@@ -22,7 +22,15 @@ def test_ptq_baselines_are_scored_on_the_test_split(synthetic_sid_root, float_we
     config = write_run_config(tmp_path, synthetic_sid_root, model__width=0.125, quant=True,
                               quant_scheme={"backend": "snpe", "calibration_batches": 1})
     summary = ptq.main(["--config", str(config), "--weights", str(float_weights), "--bits", "8", "4"])
-    by_method = {(row["method"], row["bits"]): row for row in summary}
+    # Exported models are scored in each runtime of deploy.runtime (both by default), one row each.
+    onnx_rows = [row for row in summary if row["method"] == "onnxruntime_ptq"]
+    assert sorted(row["runtime"].split()[0] for row in onnx_rows) == ["onnxruntime", "onnxruntime", "openvino",
+                                                                      "openvino"]
+    w8a8 = {row["runtime"].split()[0]: row for row in onnx_rows if row["bits"] == "w8a8"}
+    assert w8a8["openvino"]["images"] == w8a8["onnxruntime"]["images"]
+    assert abs(w8a8["openvino"]["psnr"] - w8a8["onnxruntime"]["psnr"]) < 0.1  # the same model, two runtimes
+    by_method = {(row["method"], row["bits"]): row for row in summary
+                 if not row["runtime"].startswith("openvino")}
     assert set(by_method) == {("fp32", 32), ("mqbench_ptq (snpe)", "w8a8"), ("onnxruntime_ptq", "w8a8"),
                               ("mqbench_ptq (snpe)", "w4a4"), ("onnxruntime_ptq", "w4a4")}
     images = by_method["fp32", 32]["images"]

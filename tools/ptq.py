@@ -1,7 +1,7 @@
 """Post-training quantization baselines: how good is the full-precision model quantized without any
 training, at the run config's bits? The answer QAT must beat.
 
-    python tools/ptq.py --config configfile/X.yaml [--weights PATH] [--qat-checkpoint PATH] [--onnx PATH ...]
+    python tools/ptq.py --config configfile/X.yaml [--weights PATH] [--qat-checkpoint PATH] [--onnx PATH ...] [--runtime R ...]
                   [--bits 8 6 4] [--skip-onnxruntime] [--out DIR] [--set key=value ...]
 
 For each bit width (default: the config's quant_scheme bits; `--bits 8 6 4` sweeps W=A at each) it
@@ -10,9 +10,11 @@ scores on the test split (test.py's protocol and tiling):
   * mqbench_ptq     MQBench calibration only: the config's quant_scheme, backend, special layers and
                     quantize_output, observers run on `calibration_batches` training batches, no QAT
   * onnxruntime_ptq onnxruntime `quantize_static` (QDQ, per-channel weights, MinMax) of the FP32 ONNX
-                    export, calibrated on the same batches, run by onnxruntime (no special layers)
+                    export, calibrated on the same batches (no special layers), run in each runtime
+                    of `deploy.runtime` (onnxruntime, openvino; `--runtime` overrides)
   * qat             with `--qat-checkpoint`, the QAT model for comparison
-  * onnx ...        with `--onnx PATH` (repeatable), an exported model run by onnxruntime
+  * onnx ...        with `--onnx PATH` (repeatable), an exported model run in each of those runtimes
+The `runtime` column says what ran each row (pytorch, or the runtime with its version).
 Writes ptq_summary.csv / .md and per-image rows under results/<experiment>/ptq/ and prints the table.
 """
 import argparse
@@ -57,22 +59,38 @@ def mqbench_ptq(float_model, config, scheme, inputs):
     return qmodel.eval()
 
 
-def onnxruntime_ptq(float_model, bits, inputs, folder: Path):
+def onnxruntime_ptq(float_model, bits, inputs, folder: Path) -> Path:
     from deploy import export_full_precision
-    from deploy.onnx_network import OnnxNetwork
     from deploy.ort_ptq import quantize_static_onnx
     fp32 = export_full_precision(float_model, folder / "model_fp32.onnx", check=False)
-    path = quantize_static_onnx(fp32.path, folder / f"onnxruntime_ptq_w{bits}a{bits}.onnx",
+    return quantize_static_onnx(fp32.path, folder / f"onnxruntime_ptq_w{bits}a{bits}.onnx",
                                 [x.numpy() for x in inputs], weight_bits=bits, activation_bits=bits)
-    return OnnxNetwork(path)
 
 
-def score(model, dataset, config, label, bits, statistics_passes=None):
+def score(model, dataset, config, label, bits, statistics_passes=None, runtime="pytorch"):
     means, rows = evaluate(model, dataset, torch.device("cpu"), config.val.ssim, config.val.tile_size,
-                           config.val.tile_overlap, description=label,
+                           config.val.tile_overlap, description=f"{label} [{runtime}]",
                            statistics_passes=statistics_passes if config.val.tile_size else None)
-    return {"method": label, "bits": bits, "psnr": means["psnr"], "ssim": means["ssim"],
-            "images": means["images"]}, [{"method": label, "bits": bits, **row} for row in rows]
+    return {"method": label, "bits": bits, "runtime": runtime, "psnr": means["psnr"], "ssim": means["ssim"],
+            "images": means["images"]}, [{"method": label, "bits": bits, "runtime": runtime, **row} for row in rows]
+
+
+def score_onnx(path, dataset, config, label, bits, runtimes) -> tuple[list, list]:
+    """One row per runtime; a runtime that cannot run the model gives a row with its error."""
+    from deploy.onnx_network import OnnxNetwork
+    summary, per_image = [], []
+    for runtime in runtimes:
+        try:
+            network = OnnxNetwork(path, runtime=runtime)
+            row, rows = score(network, dataset, config, label, bits, statistics_passes=0,
+                              runtime=f"{runtime} {str(network.runtime['version']).split('-')[0]}")
+        except Exception as error:  # noqa: BLE001 - a runtime refusing a model is a result to report
+            summary.append({"method": label, "bits": bits, "runtime": runtime, "psnr": math.nan, "ssim": math.nan,
+                            "images": 0, "note": f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"})
+            continue
+        summary.append(row)
+        per_image += rows
+    return summary, per_image
 
 
 def main(argv=None):
@@ -85,11 +103,14 @@ def main(argv=None):
     parser.add_argument("--bits", type=int, nargs="+", help="weight = activation bits to sweep (default: the "
                                                             "config's quant_scheme bits)")
     parser.add_argument("--skip-onnxruntime", action="store_true", help="MQBench PTQ only")
+    parser.add_argument("--runtime", nargs="+", help="runtimes for the ONNX rows (default: deploy.runtime)")
     parser.add_argument("--out", help="output folder (default results/<experiment>/ptq)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set, check_files=False)
     harness.runner.post_mortem = config.pdb_debug
+    from deploy.runtimes import normalise_runtimes
+    runtimes = normalise_runtimes(args.runtime) if args.runtime else config.deploy.runtime
     weights = args.weights or config.load_model
     if not weights:
         raise ValueError("no full-precision weights: give --weights PATH or set load_model")
@@ -117,16 +138,16 @@ def main(argv=None):
         per_image += rows
         if not args.skip_onnxruntime:
             try:
-                network = onnxruntime_ptq(float_model, scheme.weight.bits, inputs, out_dir)
+                path = onnxruntime_ptq(float_model, scheme.weight.bits, inputs, out_dir)
             except Exception as error:  # noqa: BLE001 - onnxruntime refusing a bit width is a result to report
-                # e.g. 4-bit activations: quantize_static writes them, but onnxruntime's MaxPool takes no uint4.
-                summary.append({"method": "onnxruntime_ptq", "bits": label_bits, "psnr": math.nan,
+                summary.append({"method": "onnxruntime_ptq", "bits": label_bits, "runtime": "", "psnr": math.nan,
                                 "ssim": math.nan, "images": 0,
                                 "note": f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"})
             else:
-                row, rows = score(network, dataset, config, "onnxruntime_ptq", label_bits, statistics_passes=0)
-                summary.append(row)
-                per_image += rows
+                # e.g. 4-bit activations: quantize_static writes them, but onnxruntime's MaxPool takes no uint4.
+                rows, images = score_onnx(path, dataset, config, "onnxruntime_ptq", label_bits, runtimes)
+                summary += rows
+                per_image += images
     if args.qat_checkpoint:
         from harness.evaluate_run import load_network
         qat = load_network(config, args.qat_checkpoint, torch.device("cpu"))
@@ -134,12 +155,11 @@ def main(argv=None):
         summary.append(row)
         per_image += rows
     for path in args.onnx:
-        from deploy.onnx_network import OnnxNetwork
-        row, rows = score(OnnxNetwork(path), dataset, config, f"onnx {Path(path).parent.name}/{Path(path).name}",
-                          "as exported", statistics_passes=0)
-        summary.append(row)
-        per_image += rows
-    columns = ["method", "bits", "psnr", "ssim", "images"]
+        rows, images = score_onnx(path, dataset, config, f"onnx {Path(path).parent.name}/{Path(path).name}",
+                                  "as exported", runtimes)
+        summary += rows
+        per_image += images
+    columns = ["method", "bits", "runtime", "psnr", "ssim", "images"]
     write_csv_atomic(out_dir / "ptq_summary.csv", summary)
     write_csv_atomic(out_dir / "ptq_per_image.csv", per_image)
     table = format_table([{k: r.get(k) for k in columns} for r in summary], columns)
@@ -149,7 +169,7 @@ def main(argv=None):
     print(table)
     for row in summary:
         if row.get("note"):
-            print(f"{row['method']} {row['bits']}: {row['note']}")
+            print(f"{row['method']} {row['bits']} {row.get('runtime', '')}: {row['note']}")
     print(f"results: {out_dir}")
     return summary
 
