@@ -187,7 +187,7 @@ def enhance_png(path) -> np.ndarray:
 def test_deployable_sweep_expands_to_the_thesis_scheme_and_its_deployable_form(tmp_path):
     """configfile/sweep_deployable.yaml: 2 variants x 3 seeds, each a valid run config; the deployable
     variant is exactly what harness/export_run.py prints for the thesis config (not run here: hours of CPU)."""
-    import sweep
+    from sweeps import variants as sweep
     from harness.config import load_config
     from harness.export_run import nearest_deployable
     weights = tmp_path / "demo_fp.pth"  # the config checks that its weights exist (make demo writes them)
