@@ -26,6 +26,7 @@ import core.runner
 from core.config import ConfigError, load_config
 from core.files import read_csv, write_csv_atomic, write_text_atomic
 from core.runner import run_entry_point
+from core.text_input import parse_yaml
 from quant.allocate import (BUDGET_KINDS, allocate, assignment_cost, candidates_from_rows, special_layer_entries,
                             w8a8_cost)
 from sensitivity import _bits_list
@@ -104,7 +105,7 @@ def main(argv=None):
         common = {}
         for assignment in args.set:  # the --set overrides apply to every variant
             key, _, text = assignment.partition("=")
-            common[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            common[key.strip()] = parse_yaml(text, f"--set {key.strip()}", show_line=False) if text.strip() else None
         sweep = {"base": base, **({"set": common} if common else {}), "variants": [
             {"name": "hand", "set": {}},
             {"name": "allocated", "set": {"extra_quantizer_dict": {"special_layer": entries}}},

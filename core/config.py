@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.names import nearest, validation_error_line
+from core.text_input import TextInputError, parse_yaml, read_yaml
 from quant.scheme import QuantSchemeConfig
 
 
@@ -267,11 +268,9 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        loaded = read_yaml(path, "config file")
+    except TextInputError as error:
+        raise ConfigError(str(error)) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -318,10 +317,18 @@ def apply_override(raw: dict, assignment) -> None:
         raise ConfigError(f"--set {assignment!r}: expected key=value (e.g. --set schedule.epochs=3)")
     else:
         dotted, text = assignment.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = parse_yaml(text, f"--set {dotted.strip()}", show_line=False) if text.strip() else None
+        except TextInputError as error:
+            raise ConfigError(f"{error}; write the value as YAML, e.g. [1, 2] or 'text'") from None
     node = raw
-    keys = dotted.strip().split(".")
-    for key in keys[:-1]:
+    keys = str(dotted).strip().split(".")
+    if not all(key.strip() for key in keys):
+        raise ConfigError(f"--set {dotted!r}: not a dotted config key (e.g. --set schedule.epochs=3)")
+    for depth, key in enumerate(keys[:-1], start=1):
+        if key in node and node[key] is not None and not isinstance(node[key], dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:depth])} is a value ({node[key]!r}), not a section "
+                              "with keys")
         if not isinstance(node.get(key), dict):
             node[key] = {}
         node = node[key]
