@@ -35,7 +35,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core import slurm
+from core import run_lock, slurm
 from core.config import ConfigError, apply_override, load_with_bases, load_config
 from core.files import write_csv_atomic, write_text_atomic
 from core.names import validation_error_line
@@ -178,15 +178,18 @@ def variant_config(sweep: SweepConfig, run: dict, results_dir: Path):
         raise ConfigError(f"sweep variant {run['name']}: {error}") from None
 
 
-def run_variant(config) -> dict:
-    """Train one variant: skip it when finished, resume it when interrupted."""
+def run_variant(config, take_over=False) -> dict:
+    """Train one variant: skip it when finished, resume it when interrupted. The variant's folder is
+    owned for the whole decision (core/run_lock.py), so a second sweep or a hand-started run never
+    trains it at the same time."""
     import train
-    summary_path = config.run_dir / "summary.json"
-    if summary_path.exists():
-        print(f"variant {config.experiment}: finished earlier, skipped")
-        return json.loads(summary_path.read_text())
-    resume = any((config.run_dir / "checkpoints").glob("latest_epoch*.pth"))
-    return train.run(config, resume=resume, overwrite=not resume)
+    with run_lock.held(config.run_dir, "sweep.py variant", take_over):
+        summary_path = config.run_dir / "summary.json"
+        if summary_path.exists():
+            print(f"variant {config.experiment}: finished earlier, skipped")
+            return json.loads(summary_path.read_text())
+        resume = any((config.run_dir / "checkpoints").glob("latest_epoch*.pth"))
+        return train.run(config, resume=resume, overwrite=not resume)
 
 
 def summarise(sweep: SweepConfig, variants: list[dict], results_dir: Path) -> list[dict]:
@@ -290,11 +293,17 @@ def sweep_results_dir(sweep: SweepConfig) -> Path:
     return Path(load_config(sweep.base, check_files=False).output.results_dir) / sweep.name
 
 
-def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None) -> list[dict]:
+def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None, take_over=False) -> list[dict]:
     variants = expand(sweep)
     runs = expand_runs(sweep, variants)
     configs = [variant_config(sweep, run, sweep_results_dir(sweep)) for run in runs]  # every error up front
     results_dir = configs[0].run_dir.parent
+    # One sweep at a time over a results folder; each variant's run folder has its own lock as well.
+    with run_lock.held(results_dir, "sweep.py", take_over):
+        return _run_sweep(sweep, variants, configs, results_dir, launcher, executor, take_over)
+
+
+def _run_sweep(sweep, variants, configs, results_dir, launcher, executor, take_over) -> list[dict]:
     results_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(results_dir / "sweep.yaml", yaml.safe_dump(sweep.model_dump(), sort_keys=False))
     seeds = f" x {len(sweep.seeds)} seed(s)" if sweep.seeds else ""
@@ -304,7 +313,11 @@ def run_sweep(sweep: SweepConfig, launcher: Optional[str] = None, executor=None)
     if launcher == "local" and executor is None:
         for index, config in enumerate(configs, start=1):
             print(f"=== run {index}/{len(configs)}: {config.experiment}")
-            run_variant(config)
+            try:
+                run_variant(config, take_over)
+            except run_lock.RunLocked as error:  # someone else runs it: the other variants go on
+                print(f"variant {config.experiment}: not run: {error}", file=sys.stderr)
+                failed.append(f"variant {config.experiment}: not run: {error}")
     else:
         executor = executor or _slurm_executor(sweep, results_dir)
         failed = slurm.run_jobs(executor, run_variant, configs, results_dir)  # waits on all; never submits twice
@@ -330,9 +343,11 @@ def main(argv=None):
     parser.add_argument("--launcher", choices=["local", "slurm"], help="override the sweep file's launcher")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key, e.g. --set set.schedule.epochs=2")
+    parser.add_argument(run_lock.TAKE_OVER_FLAG, action="store_true",
+                        help="take over locks of the sweep or its variants from processes on other hosts that are gone")
     args = parser.parse_args(argv)
     sweep = load_sweep(args.config, args.set)
-    return run_sweep(sweep, args.launcher)
+    return run_sweep(sweep, args.launcher, take_over=args.take_over)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ The loop below reads top to bottom: config -> data -> networks (float, quantized
 optimizer -> epochs of training with validation and checkpoints -> a final test-split report.
 """
 import argparse
+import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -17,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from core import distributed, preemption
+from core import distributed, preemption, run_lock
 from core.checkpoint import CheckpointSaver, restore_training, training_payload
 from core.config import ConfigError, dump_config
 from core.divergence import DivergenceGuard
@@ -264,15 +266,18 @@ def finish(config, saver, best, device, weights_path):
 
 # ----------------------------------------------------------------------------- the run
 
-def run(config, resume=False, overwrite=False):
+def run(config, resume=False, overwrite=False, take_over=False):
     """Train as `config` says; returns the summary dict also written to `summary.json`.
-    Under torchrun every process runs this; rank 0 alone writes results."""
-    ddp = distributed.start(config.device)
-    try:
-        with preemption.stop_signals_handled():  # SIGTERM/SIGUSR1/SIGUSR2: stop after the epoch's checkpoint
-            return _run(config, resume, overwrite, ddp)
-    finally:
-        distributed.stop(ddp)
+    Under torchrun every process runs this; rank 0 alone writes results, and alone owns the run folder
+    (core/run_lock.py: a second run of the same experiment is refused before any work)."""
+    owner = os.environ.get("RANK", "0") == "0"
+    with run_lock.held(config.run_dir, "train.py", take_over) if owner else contextlib.nullcontext():
+        ddp = distributed.start(config.device)
+        try:
+            with preemption.stop_signals_handled():  # SIGTERM/SIGUSR1/SIGUSR2: stop after the epoch's checkpoint
+                return _run(config, resume, overwrite, ddp)
+        finally:
+            distributed.stop(ddp)
 
 
 def _run(config, resume, overwrite, ddp):
@@ -381,16 +386,19 @@ def main(argv=None):
                         help="override a config key, e.g. --set schedule.epochs=3 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same experiment")
+    parser.add_argument(run_lock.TAKE_OVER_FLAG, action="store_true",
+                        help="take over the run folder's lock from a process on another host that is gone")
     args = parser.parse_args(argv)
     config = load_entry_config(args.config, args.set)
     print(dump_config(config))
     if config.test:
         from core.checkpoint_eval import default_checkpoint, evaluate_checkpoint, evaluation_folder
-        checkpoint = default_checkpoint(config)
-        evaluate_checkpoint(config, checkpoint, split="test", with_baseline=True,
-                            out_dir=evaluation_folder(config, "test", checkpoint, overwrite=args.overwrite))
+        with run_lock.held(config.run_dir, "train.py (test: true)", args.take_over):
+            checkpoint = default_checkpoint(config)
+            evaluate_checkpoint(config, checkpoint, split="test", with_baseline=True,
+                                out_dir=evaluation_folder(config, "test", checkpoint, overwrite=args.overwrite))
         return None
-    return run(config, resume=args.resume, overwrite=args.overwrite)
+    return run(config, resume=args.resume, overwrite=args.overwrite, take_over=args.take_over)
 
 
 if __name__ == "__main__":
