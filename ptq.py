@@ -28,11 +28,12 @@ import torch
 import core.runner
 from core.config import load_config
 from core.evaluate import evaluate
-from core.files import write_csv_atomic, write_text_atomic
+from core.files import check_writable, write_csv_atomic, write_text_atomic
 from core.records import format_table
 from core.runner import run_entry_point
 from core.setup import build_eval_dataset, build_float_model, build_train_loader, ensure_data
 from models import input_kind
+from quant.scheme import MAX_BITS, MIN_BITS
 
 
 def calibration_inputs(config, kind, count):
@@ -88,13 +89,31 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set, check_files=False)
     core.runner.post_mortem = config.pdb_debug
+    # Every flag and file is checked here, before the float and PTQ scoring (hours on SID).
+    for bits in args.bits or []:
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise ValueError(f"--bits {bits}: out of range; valid: {MIN_BITS}..{MAX_BITS}")
     weights = args.weights or config.load_model
     if not weights:
         raise ValueError("no full-precision weights: give --weights PATH or set load_model")
     if not Path(weights).is_file():
         raise FileNotFoundError(f"--weights: file not found: {weights}")
+    qat = None
+    if args.qat_checkpoint:
+        from core.checkpoint_eval import load_network
+        try:
+            qat = load_network(config, args.qat_checkpoint, torch.device("cpu"))
+        except (ValueError, OSError) as error:
+            raise type(error)(f"--qat-checkpoint: {str(error).strip().splitlines()[0]}") from None
+    exported = []
+    for path in args.onnx:
+        from deploy.onnx_network import OnnxNetwork
+        try:
+            exported.append((path, OnnxNetwork(path)))
+        except (ValueError, OSError) as error:
+            raise type(error)(f"--onnx: {str(error).strip().splitlines()[0]}") from None
     out_dir = Path(args.out or config.run_dir / "ptq")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     ensure_data(config)
     kind = input_kind(config.model.name)
     float_model = build_float_model(config, weights).eval()
@@ -125,15 +144,12 @@ def main(argv=None):
                 row, rows = score(network, dataset, config, "onnxruntime_ptq", label_bits, statistics_passes=0)
                 summary.append(row)
                 per_image += rows
-    if args.qat_checkpoint:
-        from core.checkpoint_eval import load_network
-        qat = load_network(config, args.qat_checkpoint, torch.device("cpu"))
+    if qat is not None:
         row, rows = score(qat, dataset, config, "qat", "checkpoint")
         summary.append(row)
         per_image += rows
-    for path in args.onnx:
-        from deploy.onnx_network import OnnxNetwork
-        row, rows = score(OnnxNetwork(path), dataset, config, f"onnx {Path(path).parent.name}/{Path(path).name}",
+    for path, network in exported:
+        row, rows = score(network, dataset, config, f"onnx {Path(path).parent.name}/{Path(path).name}",
                           "as exported", statistics_passes=0)
         summary.append(row)
         per_image += rows

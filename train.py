@@ -292,6 +292,8 @@ def _run(config, resume, overwrite, ddp):
     # the run folder, weights and checkpoints (loaded safely), special layers, distilled layers, lists.
     check_run_folder(config, resume, overwrite)
     weights_path = weights_destination(config) if not config.quant else None
+    if main_process and (weights_path is not None or config.onnx):  # written only after training
+        check_writable(config.artifacts_dir, "output.artifacts_dir")
     saver = CheckpointSaver(run_dir / "checkpoints", config.output.keep_best, create=False)
     checkpoint = None
     if resume:

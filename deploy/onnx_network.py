@@ -22,7 +22,11 @@ class OnnxNetwork(torch.nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # buffer-reuse notices for each new input size are expected
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime's pybind errors share no base class
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            raise ValueError(f"{path}: not an ONNX model onnxruntime can load ({lines[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.input_kind = "mosaic" if self.session.get_inputs()[0].shape[1] == 1 else "packed"
 
