@@ -22,6 +22,9 @@ from core.text_input import TextInputError, parse_yaml, read_yaml
 from quant.scheme import QuantSchemeConfig
 
 
+MAX_MODEL_WIDTH = 8.0
+
+
 class ConfigError(ValueError):
     """A config mistake; the message is one line and names the key at fault."""
 
@@ -92,7 +95,9 @@ class ModelConfig(Section):
     # A name registered in models.MODELS, or package.module:ClassName of a network following
     # models/contract.py; checked (module imported, contract read) when the config loads.
     name: str = "dbf_dble"
-    width: float = Field(1.0, gt=0)  # channel multiplier; 1.0 = the published network
+    # channel multiplier; 1.0 = the published network. Bounded so that a slip (width: 100) is refused at
+    # load instead of allocating a network 10^4 times the size.
+    width: float = Field(1.0, gt=0, le=MAX_MODEL_WIDTH)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the network's constructor
 
     @field_validator("name")

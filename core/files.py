@@ -104,13 +104,21 @@ def remove_folder(folder, reason: str) -> None:
         print(f"warning: {reason}: the old run was moved to {aside} but could not be deleted completely")
 
 
-def check_writable(folder, what: str = "results folder") -> None:
+def check_writable(folder, what: str = "results folder", create: bool = True) -> None:
     """Fail before training when results cannot be written, not after hours of work. `what` names the
-    key or flag the folder came from (e.g. 'output.artifacts_dir')."""
+    key or flag the folder came from (e.g. 'output.artifacts_dir'). `create=False` changes nothing on
+    disk: the nearest existing folder is asked for write permission instead of written to."""
     folder = Path(folder)
     try:
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+        if not create:
+            existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, f"{existing} is not writable")
+            return
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write_probe.{os.getpid()}"
         probe.write_bytes(b"ok")
