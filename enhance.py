@@ -153,7 +153,7 @@ def output_paths(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
     (inputs from one folder: straight into `out_dir`), so two inputs never write one file. Two inputs
     that still meet (x.ARW and x.DNG side by side) are refused here, before any work."""
     suffix = "png" if fmt == "png" else "tif"
-    parents = [path.resolve().parent for path in files]
+    parents = [Path(os.path.abspath(path)).parent for path in files]  # where the user put it, links unresolved
     shared = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else parents[0]
     targets, owners = [], {}
     for path, parent in zip(files, parents):
