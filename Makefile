@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-.PHONY: setup demo test bench clean ablation
+.PHONY: setup demo test fuzz bench clean ablation
 setup: $(VENV)/.installed
 
 demo: setup
@@ -24,6 +24,10 @@ ablation: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The config fuzzer of `make test`, with many more (and new) examples: FUZZ_EXAMPLES=5000 make fuzz
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_config_fuzz.py
 
 bench: setup
 	$(PY) bench/data_throughput.py
