@@ -3,28 +3,34 @@ one run's best checkpoint beside the other's metrics.csv and config.yaml.
 
 `results/<experiment>` is owned through `results/<experiment>.lock`, a small JSON record of the holder
 (host, PID, start time, command) that anyone can read. Two mechanisms guard it:
-  * an OS lock (filelock: flock on `results/.<experiment>.lock.os`) held for the whole run, so two
-    processes on one host can never both pass the check, and a killed holder's lock is freed by the
-    kernel;
+  * an OS lock (filelock: flock on a file in this host's temporary folder, named by the run folder's
+    absolute path) held for the whole run, so two processes on one host can never both pass the
+    check, and a killed holder's lock is freed by the kernel. It lives outside the results folder so
+    that a refused or checked run leaves nothing there;
   * the record itself, which the holder touches every HEARTBEAT_SECONDS, for hosts that share the
     results folder over a network filesystem (Slurm nodes), where flock may not reach.
-The record is removed on every exit of the `held` block (return, exception, Ctrl-C, SIGTERM).
+The record is removed on every exit of the `held` block (return, exception, Ctrl-C, SIGTERM), with any
+folder the lock itself created. A results folder that cannot be written gets no record (nothing can
+be written into it by anyone), and the run's own checks then name the folder.
 
 A record left behind by a killed process is stale:
   * same host, its PID no longer runs: reported in one line and taken over (nothing else can be
     writing, and the run's own checkpoints let `--resume` continue);
   * another host, not refreshed for STALE_AFTER_SECONDS: reported and refused, because a suspended
     job looks the same; `--take-over` takes it over once the user knows that host's process is gone.
-A live holder is never taken over: the refusal names it and says how to wait for it.
+A holder on another host is taken over only with `--take-over` (this host cannot see its process); a
+running holder on this host never is. Every refusal is one line naming the holder and how to wait.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,8 +52,19 @@ def lock_path(run_dir) -> Path:
 
 
 def _os_lock_path(run_dir) -> Path:
-    run_dir = Path(run_dir)
-    return run_dir.with_name(f".{run_dir.name}.lock.os")
+    folder = Path(tempfile.gettempdir()) / f"lowlight-qat-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    key = hashlib.sha256(str(Path(run_dir).absolute()).encode()).hexdigest()[:32]
+    return folder / f"{key}.lock"
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def read_holder(run_dir):
@@ -106,10 +123,14 @@ def busy_reason(run_dir):
 
 
 def _refusal(run_dir, record) -> str:
-    waiting = (f"wait for it to end (tail --pid={record.get('pid')} -f /dev/null on {record.get('host')})"
-               if record.get("host") == socket.gethostname() else f"wait for it to end on {record.get('host')}")
-    return (f"{run_dir} is in use by {_describe(record)}; {waiting}, or if that process is gone run again with "
-            f"{TAKE_OVER_FLAG} (lock: {lock_path(run_dir)})")
+    if record.get("host") == socket.gethostname():
+        # Same host: a gone process is detected by itself, so waiting or stopping it are the choices.
+        how = (f"wait for it to end (tail --pid={record.get('pid')} -f /dev/null) or stop it "
+               f"(kill {record.get('pid')}), then run again")
+    else:
+        how = (f"wait for it to end on {record.get('host')}, or if that process is gone run again with "
+               f"{TAKE_OVER_FLAG}")
+    return f"{run_dir} is in use by {_describe(record)}; {how} (lock: {lock_path(run_dir)})"
 
 
 class _Heartbeat(threading.Thread):
@@ -143,7 +164,6 @@ def held(run_dir, command: str, take_over: bool = False):
         finally:
             _held[run_dir] -= 1
         return
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     record_file = lock_path(run_dir)
     os_lock = filelock.FileLock(str(_os_lock_path(run_dir)), timeout=0)
     try:
@@ -151,11 +171,15 @@ def held(run_dir, command: str, take_over: bool = False):
     except filelock.Timeout:
         record = read_holder(run_dir) or {"command": "another process", "host": socket.gethostname(), "pid": "?"}
         raise RunLocked(_refusal(run_dir, record)) from None
+    created = _missing_folders(run_dir.parent)
     try:
         _take(run_dir, take_over)
-        write_text_atomic(record_file, json.dumps({
-            "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": command,
-            "argv": sys.argv}, indent=2))
+        try:
+            write_text_atomic(record_file, json.dumps({
+                "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "command": command,
+                "argv": sys.argv}, indent=2))
+        except OSError:
+            pass  # an unwritable results folder: no second writer can use it either; the run's checks name it
         heartbeat = _Heartbeat(record_file)
         heartbeat.start()
         # SIGTERM's default ends the process without unwinding, which would leave the record behind.
@@ -175,6 +199,9 @@ def held(run_dir, command: str, take_over: bool = False):
             if left is not None and left.get("pid") == os.getpid() and left.get("host") == socket.gethostname():
                 record_file.unlink(missing_ok=True)  # not a record of someone who took over (--take-over)
     finally:
+        for folder in created:  # folders only the lock made (a run refused by its checks leaves none)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         os_lock.release()
 
 

@@ -93,7 +93,7 @@ def test_1_second_training_of_one_experiment_is_refused_and_the_first_folder_sta
                          check=False)
         os.kill(first.pid, signal.SIGCONT)
         line = assert_one_line_error(second.returncode, second.stderr, str(run_dir), "in use by train.py",
-                                     f"pid {first.pid}", "--take-over", f"tail --pid={first.pid}")
+                                     f"pid {first.pid}", f"tail --pid={first.pid}", f"kill {first.pid}")
         assert line.startswith("error: ")
         stdout, stderr = first.communicate(timeout=600)
         assert first.returncode == 0, stderr[-3000:]
