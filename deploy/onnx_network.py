@@ -26,7 +26,7 @@ class OnnxNetwork(torch.nn.Module):
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - onnxruntime's pybind errors share no base class
             lines = str(error).strip().splitlines() or [type(error).__name__]
-            raise ValueError(f"{path}: not an ONNX model onnxruntime can load ({lines[0][:200]})") from None
+            raise ValueError(f"{path}: not an ONNX model onnxruntime can load ({lines[0]})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.input_kind = "mosaic" if self.session.get_inputs()[0].shape[1] == 1 else "packed"
 

@@ -81,7 +81,9 @@ def test_load_quant_model_continues_from_a_quantized_checkpoint(seed_run):
     first = next(csv.DictReader((run_dir / "metrics.csv").open()))
     assert int(first["epoch"]) == 0 and float(first["psnr"]) == pytest.approx(saved["psnr"], abs=1e-4)
     loaded = torch.load(next((run_dir / "checkpoints").glob("best_epoch0000*.pth")), weights_only=True)["model"]
-    scales = [key for key in saved["model"] if key.endswith((".scale", ".zero_point"))]
-    assert len(scales) > 20  # every fake quantizer's learned scale and zero point
-    for key in saved["model"]:
-        assert torch.equal(loaded[key], saved["model"][key]), key
+    saved_state, loaded_state = saved["model"]["state_dict"], loaded["state_dict"]
+    scales = [key for key in saved_state if key.endswith((".scale", ".zero_point"))]
+    assert len(scales) > 20  # every fake quantizer's learned scale and zero point...
+    assert saved_state.keys() == loaded_state.keys()
+    for key in saved_state:  # ...and every weight, exactly as saved
+        assert torch.equal(loaded_state[key], saved_state[key]), key
