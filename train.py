@@ -303,7 +303,7 @@ def _run(config, resume, overwrite, ddp, check_only=False):
         check_writable(config.artifacts_dir, "output.artifacts_dir", create=not check_only)
     saver = CheckpointSaver(run_dir / "checkpoints", config.output.keep_best, create=False)
     checkpoint = None
-    if resume:
+    if resume and not check_only:  # (resuming sets damaged checkpoints aside: a check changes nothing)
         saver.remove_stale_temporaries()
         checkpoint_path, checkpoint = saver.load_for_resume()
     model, needs_calibration = build_student(config, checkpoint)
