@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # nan/inf are refused everywhere: a nan loss weight or lr would only surface as a nan loss mid-run.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticDataConfig(Section):
@@ -126,9 +127,9 @@ class ModelConfig(Section):
 
 class OptimConfig(Section):
     lr: float = Field(1e-5, gt=0)  # the authors' constant Adam lr
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: Optional[float] = None
+    grad_clip: Optional[float] = Field(None, gt=0)
 
 
 class ScheduleConfig(Section):
@@ -137,15 +138,15 @@ class ScheduleConfig(Section):
     epochs: int = Field(100, ge=0)
     iters_per_epoch: Optional[int] = None  # null: one pass over the training pairs
     scheduler: Literal["constant", "cosine", "step"] = "constant"
-    step_size: int = 30  # epochs, for scheduler: step
-    gamma: float = 0.5
-    min_lr: float = 0.0  # for scheduler: cosine
+    step_size: int = Field(30, ge=1)  # epochs, for scheduler: step
+    gamma: float = Field(0.5, gt=0)
+    min_lr: float = Field(0.0, ge=0)  # for scheduler: cosine
     grad_accum_steps: int = Field(1, ge=1)
 
 
 class LossConfig(Section):
-    mono_weight: float = 1.0
-    rgb_weight: float = 1.0
+    mono_weight: float = Field(1.0, ge=0)
+    rgb_weight: float = Field(1.0, ge=0)
 
 
 class ValConfig(Section):
@@ -308,8 +309,11 @@ def load_with_bases(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"config_file_path: {path} includes itself (cycle {' -> '.join(map(str, seen))})")
     raw = _read_yaml(path)
     bases = raw.get("config_file_path") or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not (isinstance(bases, list) and all(isinstance(base, str) and base for base in bases)):
+        raise ConfigError(f"{path}: config_file_path: expected a file path or a list of them, got {bases!r}")
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = _merge(merged, load_with_bases(_resolve_base(base, path), seen + (path.resolve(),)))
     return _merge(merged, raw)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from clitools import entry_point
@@ -88,7 +88,7 @@ def mutated_configs(draw, base: dict):
         if kind == "delete":
             del parent[key]
         elif kind == "retype":
-            parent[key] = draw(st.sampled_from(OTHER_VALUES))
+            parent[key] = copy.deepcopy(draw(st.sampled_from(OTHER_VALUES)))  # later mutations edit it in place
         elif kind == "misspell":
             parent[misspell(str(key), draw)] = parent.pop(key)
         elif kind == "out_of_range":
@@ -180,6 +180,7 @@ def test_mutated_configs_pass_the_checks_or_stop_with_one_line(workspace):
         config, description = mutation
         status, stdout, stderr = run_check(folder, config)
         lines = stderr.strip().splitlines()
+        event("checks passed" if status == 0 else "refused in one line")  # pytest --hypothesis-show-statistics
         if status == 0:
             assert "checks passed" in stdout, (description, stdout[-500:])
         else:
