@@ -52,7 +52,7 @@ def lock_path(run_dir) -> Path:
 
 
 def _os_lock_path(run_dir) -> Path:
-    folder = Path(tempfile.gettempdir()) / f"lowlight-qat-locks-{os.getuid()}"
+    folder = Path(tempfile.gettempdir()) / f"lowlight-qat-locks-{getattr(os, 'getuid', lambda: 'user')()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     key = hashlib.sha256(str(Path(run_dir).absolute()).encode()).hexdigest()[:32]
     return folder / f"{key}.lock"
