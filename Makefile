@@ -28,7 +28,7 @@ $(NEWEST_VENV)/.installed: requirements.txt
 	PIP_CONSTRAINT=$(NEWEST_VENV)/constraints.txt $(NEWEST_PY) -m pip install -q -r requirements.txt
 	touch $@
 
-.PHONY: setup demo test test-torch-newest bench clean ablation
+.PHONY: setup demo test test-torch-newest fuzz bench clean ablation
 setup: $(VENV)/.installed
 
 demo: setup
@@ -42,6 +42,9 @@ test: setup
 
 test-torch-newest: $(NEWEST_VENV)/.installed
 	$(NEWEST_PY) -m pytest -q $(NEWEST_TESTS)
+# The config fuzzer of `make test`, with many more (and new) examples: FUZZ_EXAMPLES=5000 make fuzz
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_config_fuzz.py
 
 bench: setup
 	$(PY) bench/data_throughput.py

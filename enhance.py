@@ -17,11 +17,17 @@ divided by the file's own exposure time (from its metadata), capped at SID's 300
 Frames are processed in tiles (`--tile-size`, default 512) with frame-wide channel attention, as
 test.py does; memory stays bounded by one tile. The networks need height and width in multiples of
 32: other frames stop with an error unless `--crop` cuts them from the top-left as test.py does.
-Bad input (an unreadable file, no ratio, a frame of the wrong size) prints one line naming the file
-or flag and exits 2; images already written are kept.
+Outputs are named after the inputs (x.ARW -> OUT/x.png); inputs from different folders keep their
+folders relative to the one they share (a/x.ARW b/x.ARW -> OUT/a/x.png OUT/b/x.png), so no two inputs
+write one file. An existing output is never replaced without `--overwrite`.
+Bad input (an unreadable file, no ratio, a non-finite ratio, a frame of the wrong size, an output that
+exists) prints one line naming the file or flag and exits 2; flags, inputs, ratios and the output folder
+are all checked before the first frame is processed, and images already written are kept.
 """
 import argparse
 import io
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -30,10 +36,11 @@ import torch
 from tqdm import tqdm
 
 import harness.runner
-from helpers.files import write_bytes_atomic
+from helpers.files import check_writable, write_bytes_atomic
 from harness.runner import run_entry_point
 from deploy.onnx_network import OnnxNetwork, choose_runtime
 from deploy.runtimes import RUNTIMES
+from checkpoints.weights import WeightsError
 from data.raw_cache import RawInfo, _decode_mosaic, open_raw
 from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
 
@@ -43,17 +50,17 @@ FORMATS = ("png", "tiff")
 def amplification_ratio(path: Path, ratio=None, reference_exposure=None) -> float:
     """`ratio`, or reference exposure / the file's exposure time (capped at SID's maximum)."""
     if ratio is not None:
-        if not ratio > 0:
-            raise ValueError(f"--ratio must be positive, got {ratio}")
+        if not (math.isfinite(ratio) and ratio > 0):  # inf or nan would write an all-black image
+            raise ValueError(f"--ratio must be a finite number above 0, got {ratio}")
         return float(ratio)
     if reference_exposure is None:
         raise ValueError(f"{path}: no amplification ratio; give --ratio R, or --reference-exposure SECONDS "
                          "(the exposure the output should look like) to derive it from the file's exposure time")
-    if not reference_exposure > 0:
-        raise ValueError(f"--reference-exposure must be positive seconds, got {reference_exposure}")
+    if not (math.isfinite(reference_exposure) and reference_exposure > 0):
+        raise ValueError(f"--reference-exposure must be finite positive seconds, got {reference_exposure}")
     with open_raw(path) as raw:
         exposure = float(raw.other.shutter_speed)
-    if not exposure > 0:
+    if not (math.isfinite(exposure) and exposure > 0):
         raise ValueError(f"{path}: the file records no exposure time, so --reference-exposure cannot give a "
                          "ratio; give --ratio R")
     return min(reference_exposure / exposure, MAXIMUM_RATIO)
@@ -93,7 +100,14 @@ def load_model(args, device):
     from harness.config import Config, load_config
     config = load_config(args.config, args.set, check_files=False) if args.config else Config()
     harness.runner.post_mortem = config.pdb_debug
-    model = load_network(config, args.checkpoint, device)
+    try:
+        model = load_network(config, args.checkpoint, device)
+    except WeightsError as error:
+        if args.config:
+            raise
+        # Plain weights (the harness's <experiment>.pth among them) carry no model name or width.
+        raise WeightsError(f"{str(error).splitlines()[0]}; plain weights carry no model width: pass --config with "
+                           "the run's config (its model.name and model.width)") from None
     model.input_kind = getattr(model, "input_kind", None) or _input_kind(config)
     model.clip_input = config.data.clip_input  # read_input prepares photos as the loader did in training
     return model
@@ -140,7 +154,58 @@ def input_files(inputs) -> list[Path]:
             raise FileNotFoundError(f"input not found: {item}")
     if not files:
         raise FileNotFoundError(f"no raw files in {', '.join(map(str, inputs))}")
-    return files
+    unique = {}
+    for path in files:  # a file named twice (itself and its folder) is enhanced once
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def output_paths(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
+    """One output per input, below `out_dir` at the input's place relative to the folder all inputs share
+    (inputs from one folder: straight into `out_dir`), so two inputs never write one file. Two inputs
+    that still meet (x.ARW and x.DNG side by side) are refused here, before any work."""
+    suffix = "png" if fmt == "png" else "tif"
+    parents = [Path(os.path.abspath(path)).parent for path in files]  # where the user put it, links unresolved
+    shared = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else parents[0]
+    targets, owners = [], {}
+    for path, parent in zip(files, parents):
+        target = out_dir / parent.relative_to(shared) / f"{path.stem}.{suffix}"
+        if target in owners:
+            raise ValueError(f"{owners[target]} and {path} would both be written to {target}; enhance them into "
+                             "separate --out folders")
+        owners[target] = path
+        targets.append(target)
+    return targets
+
+
+def check_outputs(targets: list[Path], out_dir: Path, overwrite: bool) -> None:
+    """Refuse before any work: an existing output is never replaced without --overwrite, and an output
+    folder that cannot be written is found now, not after the first image."""
+    existing = [target for target in targets if target.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{more} already exist(s); pass --overwrite to replace, or choose "
+                              "another --out")
+    for folder in sorted({target.parent for target in targets}):
+        check_writable(folder)
+
+
+def check_arguments(args) -> None:
+    """Flags that need no file: checked before the model is loaded or a raw decoded."""
+    if args.ratio is not None and args.reference_exposure is not None:
+        raise ValueError("give --ratio or --reference-exposure, not both")
+    if args.ratio is not None:
+        amplification_ratio(Path("-"), args.ratio)
+    if args.reference_exposure is not None and not (math.isfinite(args.reference_exposure)
+                                                    and args.reference_exposure > 0):
+        raise ValueError(f"--reference-exposure must be finite positive seconds, got {args.reference_exposure}")
+    if args.tile_size < 0 or args.tile_size % EVAL_MULTIPLE:
+        raise ValueError(f"--tile-size must be 0 (whole frame) or a positive multiple of {EVAL_MULTIPLE}, "
+                         f"got {args.tile_size}")
+    if args.tile_overlap < 0:
+        raise ValueError(f"--tile-overlap must be 0 or more pixels, got {args.tile_overlap}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (onnxruntime's default) or more, got {args.threads}")
 
 
 def main(argv=None):
@@ -165,24 +230,29 @@ def main(argv=None):
     parser.add_argument("--runtime", default="auto", choices=("auto",) + tuple(RUNTIMES),
                         help="runtime for --onnx; auto = the fastest that passed the model's export check")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     args = parser.parse_args(argv)
-    if args.ratio is not None and args.reference_exposure is not None:
-        raise ValueError("give --ratio or --reference-exposure, not both")
+    # Everything that can be checked is checked before the model loads and the first frame is decoded.
+    check_arguments(args)
     files = input_files(args.inputs)
+    out_dir = Path(args.out)
+    targets = output_paths(files, out_dir, args.format)
+    check_outputs(targets, out_dir, args.overwrite)
+    ratios = [amplification_ratio(path, args.ratio, args.reference_exposure) for path in files]
     device = torch.device(args.device)
     model = load_model(args, device)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tile_size = args.tile_size or None
     written = []
-    for path in tqdm(files, desc="enhance", unit="file", dynamic_ncols=True):
-        ratio = amplification_ratio(path, args.ratio, args.reference_exposure)
-        network_input = read_input(path, ratio, args.crop, model.input_kind, getattr(model, "clip_input", False))
-        rgb = enhance(model, network_input, device, tile_size, args.tile_overlap)
-        target = out_dir / f"{path.stem}.{'png' if args.format == 'png' else 'tif'}"
-        write_bytes_atomic(target, encode_16bit(rgb, args.format))
-        written.append(target)
-    print(f"{len(written)} image(s) written to {out_dir}")
+    try:
+        for path, ratio, target in tqdm(list(zip(files, ratios, targets)), desc="enhance", unit="file",
+                                        dynamic_ncols=True):
+            network_input = read_input(path, ratio, args.crop, model.input_kind, getattr(model, "clip_input", False))
+            rgb = enhance(model, network_input, device, tile_size, args.tile_overlap)
+            write_bytes_atomic(target, encode_16bit(rgb, args.format))
+            written.append(target)
+    finally:
+        # Counted from the files actually written, also when a later file stops the run.
+        print(f"{len(written)} of {len(files)} image(s) written to {out_dir}")
     return written
 
 

@@ -25,6 +25,7 @@ sweeps/summary.py) and whether that interval excludes 0.
 import argparse
 import sys
 
+from harness import run_lock
 from harness.runner import run_entry_point
 from sweeps.run import run_sweep
 from sweeps.variants import load_sweep
@@ -36,9 +37,11 @@ def main(argv=None):
     parser.add_argument("--launcher", choices=["local", "slurm"], help="override the sweep file's launcher")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key, e.g. --set set.schedule.epochs=2")
+    parser.add_argument(run_lock.TAKE_OVER_FLAG, action="store_true",
+                        help="take over locks of the sweep or its variants from processes on other hosts that are gone")
     args = parser.parse_args(argv)
     sweep = load_sweep(args.config, args.set)
-    return run_sweep(sweep, args.launcher)
+    return run_sweep(sweep, args.launcher, take_over=args.take_over)
 
 
 if __name__ == "__main__":

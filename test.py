@@ -14,6 +14,7 @@ Without --checkpoint it takes the run's best checkpoint (then its latest, then l
 import argparse
 import sys
 
+from harness import run_lock
 from harness.evaluate_run import default_checkpoint, evaluate_checkpoint, evaluation_folder
 from harness.runner import load_entry_config, run_entry_point
 
@@ -30,6 +31,8 @@ def main(argv=None):
     parser.add_argument("--out", help="output folder (default results/<experiment>/eval_<split>_<checkpoint name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the output folder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(run_lock.TAKE_OVER_FLAG, action="store_true",
+                        help="take over the run folder's lock from a process on another host that is gone")
     args = parser.parse_args(argv)
     overrides = list(args.set)
     if args.tile_size is not None:
@@ -39,8 +42,11 @@ def main(argv=None):
     config = load_entry_config(args.config, overrides, check_files=False)
     checkpoint = args.checkpoint or default_checkpoint(config)
     out_dir = evaluation_folder(config, args.split, checkpoint, args.out, args.overwrite)
-    return evaluate_checkpoint(config, checkpoint, split=args.split, with_baseline=args.baseline,
-                               save_images=args.save_images or None, out_dir=out_dir)
+    # An evaluation inside the run folder waits its turn with the training that writes that folder.
+    inside_run = out_dir.resolve().is_relative_to(config.run_dir.resolve())
+    with run_lock.held(config.run_dir if inside_run else out_dir, "test.py", args.take_over):
+        return evaluate_checkpoint(config, checkpoint, split=args.split, with_baseline=args.baseline,
+                                   save_images=args.save_images or None, out_dir=out_dir)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -129,6 +130,7 @@ def _decode_mosaic(path: Path) -> tuple[np.ndarray, dict]:
             # A real copy: raw_image_visible views LibRaw's buffer, which is freed on close
             # (np.ascontiguousarray would return that very view for an uncropped frame).
             mosaic = np.array(visible[rows, columns], dtype=np.uint16, order="C", copy=True)
+            _warn_if_constant(mosaic, path)
             black_levels = [float(value) for value in raw.black_level_per_channel]
             metadata = {
                 "source": str(path),
@@ -152,6 +154,14 @@ def _decode_mosaic(path: Path) -> tuple[np.ndarray, dict]:
     return mosaic, metadata
 
 
+def _warn_if_constant(mosaic: np.ndarray, path: Path) -> None:
+    """A blank input (lens cap, a damaged file) still trains and scores, so it is named once, when decoded.
+    Printed, not warnings.warn: decoding runs in spawned workers that share only stderr."""
+    if mosaic.size and mosaic.min() == mosaic.max():
+        print(f"warning: {path}: every pixel of this raw is {int(mosaic.flat[0])} (a blank or damaged file); "
+              "it is used as it is", file=sys.stderr, flush=True)
+
+
 def _decode_rgb(path: Path) -> tuple[np.ndarray, dict]:
     import rawpy
 
@@ -159,6 +169,10 @@ def _decode_rgb(path: Path) -> tuple[np.ndarray, dict]:
         try:
             offset = rggb_origin_offset(cfa_pattern(raw, path), path)
             visible_shape = raw.raw_image_visible.shape
+            low, high = int(raw.raw_image_visible.min()), int(raw.raw_image_visible.max())
+            if low == high:  # a reference with nothing in it would be trained towards and scored against
+                raise ValueError(f"{path}: every pixel of this ground-truth raw is {low} (a blank or damaged "
+                                 "file); remove its pairs from the list file")
             rgb = ground_truth_postprocess(raw)
         except rawpy.LibRawError as error:
             raise ValueError(f"cannot decode raw file {path}: {one_line_error(error)}") from None

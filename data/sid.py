@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from helpers.input_kinds import INPUT_KINDS
+from helpers.text_input import read_text
 from data.raw_cache import (
     RawCache,
     RawInfo,
@@ -78,7 +79,7 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike) -> list[SID
     list_file = Path(list_file)
     root = Path(root).absolute()
     try:
-        lines = list_file.read_text().splitlines()
+        lines = read_text(list_file, "SID list file").splitlines()
     except FileNotFoundError:
         raise FileNotFoundError(f"SID list file not found: {list_file}") from None
     pairs = []

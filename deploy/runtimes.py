@@ -142,7 +142,15 @@ def open_session(model: ModelSource, runtime: str = "onnxruntime", threads: int 
         raise ValueError(f"runtime {runtime!r} is not installed; pip install {_MODULES[runtime]} "
                          "(requirements.txt names it) or choose one of "
                          f"{', '.join(r for r in RUNTIMES if available(r))}")
-    return RUNTIMES[runtime](model, threads=threads, precision=precision, profile=profile, optimize=optimize)
+    try:
+        return RUNTIMES[runtime](model, threads=threads, precision=precision, profile=profile, optimize=optimize)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as error:  # noqa: BLE001 - the runtimes' load errors (pybind, C++) share no base class
+        if not isinstance(model, (str, os.PathLike)):
+            raise
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise ValueError(f"{model}: not an ONNX model {runtime} can load ({lines[0]})") from None
 
 
 def normalise_runtimes(value) -> list[str]:

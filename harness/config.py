@@ -18,7 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from helpers.names import nearest, validation_error_line
+from helpers.text_input import TextInputError, parse_yaml, read_yaml
 from quant.scheme import QuantSchemeConfig
+
+
+MAX_MODEL_WIDTH = 8.0
 
 
 class ConfigError(ValueError):
@@ -26,7 +30,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # nan/inf are refused everywhere: a nan loss weight or lr would only surface as a nan loss mid-run.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticDataConfig(Section):
@@ -97,7 +102,9 @@ class ModelConfig(Section):
     # A name registered in models.MODELS, or package.module:ClassName of a network following
     # models/contract.py; checked (module imported, contract read) when the config loads.
     name: str = "dbf_dble"
-    width: float = Field(1.0, gt=0)  # channel multiplier; 1.0 = the published network
+    # channel multiplier; 1.0 = the published network. Bounded so that a slip (width: 100) is refused at
+    # load instead of allocating a network 10^4 times the size.
+    width: float = Field(1.0, gt=0, le=MAX_MODEL_WIDTH)
     kwargs: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the network's constructor
     # Tracing hooks (models/tracing.py): functions kept as one graph node ("einops.rearrange") and
     # module classes kept opaque ("package.module:ClassName"), for networks torch.fx cannot trace.
@@ -146,9 +153,9 @@ class ModelConfig(Section):
 class OptimConfig(Section):
     """The Adam optimizer."""
     lr: float = Field(1e-5, gt=0)  # the authors' constant Adam lr
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: Optional[float] = None  # max gradient norm; null = no clipping
+    grad_clip: Optional[float] = Field(None, gt=0)  # max gradient norm; null = no clipping
 
 
 class ScheduleConfig(Section):
@@ -158,18 +165,18 @@ class ScheduleConfig(Section):
     epochs: int = Field(100, ge=0)
     iters_per_epoch: Optional[int] = None  # null: one pass over the training pairs
     scheduler: Literal["constant", "cosine", "step"] = "constant"
-    step_size: int = 30  # epochs, for scheduler: step
-    gamma: float = 0.5  # lr factor per step, for scheduler: step
-    min_lr: float = 0.0  # for scheduler: cosine
+    step_size: int = Field(30, ge=1)  # epochs, for scheduler: step
+    gamma: float = Field(0.5, gt=0)  # lr factor per step, for scheduler: step
+    min_lr: float = Field(0.0, ge=0)  # for scheduler: cosine
     grad_accum_steps: int = Field(1, ge=1)
 
 
 class LossConfig(Section):
     """The task loss: L1 on each head, weighted. One weight per supervised network output
     (models/contract.py); unused outputs' weights are ignored."""
-    mono_weight: float = 1.0  # L1 on the mono head (networks with one)
-    rgb_weight: float = 1.0  # L1 on the RGB output
-    raw_weight: float = 1.0  # L1 on the denoised packed raw (networks that declare a raw output)
+    mono_weight: float = Field(1.0, ge=0)  # L1 on the mono head (networks with one)
+    rgb_weight: float = Field(1.0, ge=0)  # L1 on the RGB output
+    raw_weight: float = Field(1.0, ge=0)  # L1 on the denoised packed raw (networks that declare a raw output)
 
 
 class ValConfig(Section):
@@ -327,11 +334,9 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        loaded = read_yaml(path, "config file")
+    except TextInputError as error:
+        raise ConfigError(str(error)) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -365,8 +370,11 @@ def load_with_bases(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"config_file_path: {path} includes itself (cycle {' -> '.join(map(str, seen))})")
     raw = _read_yaml(path)
     bases = raw.get("config_file_path") or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not (isinstance(bases, list) and all(isinstance(base, str) and base for base in bases)):
+        raise ConfigError(f"{path}: config_file_path: expected a file path or a list of them, got {bases!r}")
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = _merge(merged, load_with_bases(_resolve_base(base, path), seen + (path.resolve(),)))
     return _merge(merged, raw)
 
@@ -379,10 +387,18 @@ def apply_override(raw: dict, assignment) -> None:
         raise ConfigError(f"--set {assignment!r}: expected key=value (e.g. --set schedule.epochs=3)")
     else:
         dotted, text = assignment.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = parse_yaml(text, f"--set {dotted.strip()}", show_line=False) if text.strip() else None
+        except TextInputError as error:
+            raise ConfigError(f"{error}; write the value as YAML, e.g. [1, 2] or 'text'") from None
     node = raw
-    keys = dotted.strip().split(".")
-    for key in keys[:-1]:
+    keys = str(dotted).strip().split(".")
+    if not all(key.strip() for key in keys):
+        raise ConfigError(f"--set {dotted!r}: not a dotted config key (e.g. --set schedule.epochs=3)")
+    for depth, key in enumerate(keys[:-1], start=1):
+        if key in node and node[key] is not None and not isinstance(node[key], dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:depth])} is a value ({node[key]!r}), not a section "
+                              "with keys")
         if not isinstance(node.get(key), dict):
             node[key] = {}
         node = node[key]

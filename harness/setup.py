@@ -2,6 +2,7 @@
 tools/hessian_rank.py, tools/export_onnx.py and sweep.py so each reads the same keys the same way."""
 import copy
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +27,9 @@ def resolve_device(config: Config, local_rank=None) -> torch.device:
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(wanted.split(":")[1]) if ":" in wanted else config.gpu_id
     if wanted == "auto" and available == 0:
+        if "gpu_id" in config.model_fields_set:  # documented fallback, but the user asked for a GPU by number
+            print(f"warning: gpu_id: {config.gpu_id} asked for, but no CUDA device is present; device: auto runs "
+                  "on the CPU", file=sys.stderr)
         return torch.device("cpu")
     if available == 0:
         raise ConfigError(f"device: {wanted} asked for CUDA but no CUDA device is present; use device: cpu or auto")

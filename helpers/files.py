@@ -1,6 +1,7 @@
 """Atomic writes: a killed run or a full disk must never leave a truncated checkpoint or metric file,
 so everything is written to a temporary file in the same folder, flushed, then renamed over."""
 import csv
+import errno
 import io
 import os
 import shutil
@@ -27,11 +28,29 @@ def _replace_from_temp(path: Path, write) -> None:
         # Disk full or a vanished folder (torch.save reports a failed write as RuntimeError): say which
         # file, keep the previous version in place.
         Path(temp_name).unlink(missing_ok=True)
+        if _disk_full(error, path.parent):
+            raise OSError(f"no space left on device: {path} (the previous version, if any, is kept)") from None
         reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise OSError(f"cannot write {path}: {reason}") from None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """ENOSPC (or a full quota) anywhere in the chain: torch's writer reports it as
+    `[enforce fail at inline_container.cc] unexpected pos`, with the OSError as its context."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if "inline_container" in str(error):
+        try:
+            return shutil.disk_usage(folder).free == 0
+        except OSError:
+            return False
+    return False
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
@@ -85,16 +104,27 @@ def remove_folder(folder, reason: str) -> None:
         print(f"warning: {reason}: the old run was moved to {aside} but could not be deleted completely")
 
 
-def check_writable(folder) -> None:
-    """Fail before training when results cannot be written, not after hours of work."""
+def check_writable(folder, what: str = "results folder", create: bool = True) -> None:
+    """Fail before training when results cannot be written, not after hours of work. `what` names the
+    key or flag the folder came from (e.g. 'output.artifacts_dir'). `create=False` changes nothing on
+    disk: the nearest existing folder is asked for write permission instead of written to."""
     folder = Path(folder)
     try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+        if not create:
+            existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, f"{existing} is not writable")
+            return
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_probe"
+        probe = folder / f".write_probe.{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
-        raise OSError(f"results folder not writable: {folder} ({error.strerror or error})") from None
+        raise OSError(f"{what} not writable: {folder} ({error.strerror or error})") from None
 
 
 def save_safetensors_atomic(state: dict, path, metadata: dict | None = None) -> None:

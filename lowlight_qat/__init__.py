@@ -24,7 +24,6 @@ from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn as nn
-import yaml
 
 from harness.config import LossConfig
 from harness.loss import task_loss
@@ -73,7 +72,8 @@ def _scheme(scheme: Any) -> QuantSchemeConfig:
         path = Path(scheme)
         if not path.is_file():
             raise FileNotFoundError(f"scheme: file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        from helpers.text_input import read_yaml
+        loaded = read_yaml(path, "scheme") or {}
         return parse_quant_scheme(loaded.get("quant_scheme", loaded), where=f"{path}: quant_scheme")
     return parse_quant_scheme(scheme)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness import run_lock
 from harness.config import ConfigError
 from helpers.files import write_text_atomic
 
@@ -104,10 +105,12 @@ def read_record(results_dir: Path, variant: str):
         return None  # a damaged record cannot name a live job: the variant is submitted again
 
 
-def submit(executor, function, configs, results_dir: Path) -> list:
+def submit(executor, function, configs, results_dir: Path, skipped=None) -> list:
     """Submit `function(config)` for each unfinished config (no summary.json), except variants whose
     recorded job is still alive: those are waited for, not submitted twice (even when a summary.json
-    exists: the job may still be writing the test report). Returns [(variant, job, summary.json path)]."""
+    exists: the job may still be writing the test report). A variant whose run folder another process
+    holds (harness/run_lock.py) is not submitted: one line for it goes to `skipped`.
+    Returns [(variant, job, summary.json path)]."""
     import submitit
     on_slurm = getattr(executor, "cluster", None) == "slurm" or isinstance(executor, submitit.SlurmExecutor)
     records = {c.experiment: read_record(results_dir, c.experiment) if on_slurm else None for c in configs}
@@ -118,6 +121,7 @@ def submit(executor, function, configs, results_dir: Path) -> list:
         raise JobsFailed(f"cannot read job states from squeue ({_last_line(error)}), so the jobs recorded in "
                          f"{record_path(results_dir, '*')} may still run; nothing was submitted") from None
     watched, to_submit = [], []
+    skipped = [] if skipped is None else skipped
     for config in configs:
         record = records[config.experiment]
         if record and record["job_id"] in alive:
@@ -126,6 +130,11 @@ def submit(executor, function, configs, results_dir: Path) -> list:
             watched.append((config.experiment, submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"]),
                             config.run_dir / "summary.json"))
         elif not (config.run_dir / "summary.json").exists():
+            busy = run_lock.busy_reason(config.run_dir)
+            if busy:  # a hand-started run (or another sweep) owns the folder: its job would be refused
+                print(f"variant {config.experiment}: not submitted: {busy}", file=sys.stderr)
+                skipped.append(f"variant {config.experiment}: not submitted: {busy}")
+                continue
             to_submit.append(config)
     if to_submit:
         try:
@@ -283,8 +292,9 @@ def _last_line(error) -> str:
 def run_jobs(executor, function, configs, results_dir: Path) -> list[str]:
     """Submit (or keep waiting for) each unfinished config's job and wait for all; returns the
     failure lines."""
-    watched = submit(executor, function, configs, results_dir)
-    return wait_all(watched) if watched else []
+    skipped = []
+    watched = submit(executor, function, configs, results_dir, skipped)
+    return (wait_all(watched) if watched else []) + skipped
 
 
 def raise_if_failed(lines) -> None:

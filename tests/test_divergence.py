@@ -1,8 +1,10 @@
 """The divergence guard: a loss that explodes stops the run, naming epoch, step and checkpoint."""
+import statistics
+
 import pytest
 import torch
 
-from harness.divergence import DivergenceGuard
+from harness.divergence import EXPLOSION_FACTOR, MINIMUM_HISTORY, DivergenceGuard
 from test_train import run_cli, write_run_config
 
 
@@ -18,8 +20,26 @@ def test_guard_fires_on_an_exploding_loss_and_names_the_step():
 
 def test_guard_waits_for_a_history_before_judging():
     guard = DivergenceGuard()
-    guard.check(torch.tensor(0.01), epoch=1, step=1, last_checkpoint=None)
-    guard.check(torch.tensor(50.0), epoch=1, step=2, last_checkpoint=None)  # no median yet: no verdict
+    for step in range(1, MINIMUM_HISTORY):
+        guard.check(torch.tensor(0.01), epoch=1, step=step, last_checkpoint=None)
+    # 5000x the losses so far, but too few of them for a median: no verdict, and the value is kept.
+    guard.check(torch.tensor(50.0), epoch=1, step=MINIMUM_HISTORY, last_checkpoint=None)
+    assert list(guard.recent) == pytest.approx([0.01] * (MINIMUM_HISTORY - 1) + [50.0])
+    # Now the history is long enough (median 0.01): the same jump stops the run.
+    with pytest.raises(FloatingPointError, match=f"step {MINIMUM_HISTORY + 1}: 50 is more than 100x"):
+        guard.check(torch.tensor(50.0), epoch=1, step=MINIMUM_HISTORY + 1, last_checkpoint=None)
+
+
+def test_guard_threshold_is_exactly_100x_the_running_median():
+    guard = DivergenceGuard()
+    assert guard.factor == EXPLOSION_FACTOR == 100.0
+    for step in range(1, 8):
+        guard.check(torch.tensor(1.0), epoch=1, step=step, last_checkpoint=None)
+    guard.check(torch.tensor(99.9), epoch=1, step=8, last_checkpoint=None)  # just below: training goes on
+    guard.check(torch.tensor(100.0), epoch=1, step=9, last_checkpoint=None)  # at the threshold: still no
+    assert statistics.median(guard.recent) == 1.0
+    with pytest.raises(FloatingPointError, match="step 10: 100.1 is more than 100x the running median 1"):
+        guard.check(torch.tensor(100.1), epoch=1, step=10, last_checkpoint=None)  # just above: stopped
 
 
 def test_training_run_stops_when_the_loss_explodes(synthetic_sid_root, tmp_path):

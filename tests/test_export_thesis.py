@@ -98,5 +98,6 @@ def test_stable_model_is_held_to_the_full_target(tmp_path):
     checks = info.checks
     assert info.passed
     assert checks["effective_target_db"] == {"mono": 40.0, "rgb": 40.0}
-    assert all(v == "inf" or v > 40.0 + 6.0 for v in checks["float_noise_floor_db"].values())
+    # README: "the narrow W8A8 model of the tests has one above 60 dB" (measured 60.9 dB rgb, 163 dB mono).
+    assert all(v == "inf" or v > 60.0 for v in checks["float_noise_floor_db"].values())
     assert all(set(run["float_noise_db"]) == {"mono", "rgb"} for run in checks["onnxruntime"])

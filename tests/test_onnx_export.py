@@ -155,6 +155,75 @@ def test_qdq_matches_fake_quantized_pytorch(exported, qmodel):
             assert psnr_db(e.numpy(), g) >= 40.0
 
 
+def _tapped_session(path, names):
+    """A session of the QDQ graph that also returns, for each quantizer in `names` (its first use), the
+    tensor entering its QuantizeLinear chain and the tensor leaving its DequantizeLinear."""
+    model = onnx.load(str(path))
+    taps = {}
+    for name in names:
+        chain = [node for node in model.graph.node if node.name.startswith(f"{name}/")]
+        dequantize = [node for node in chain if node.name == f"{name}/DequantizeLinear"]
+        if dequantize:
+            taps[name] = (chain[0].input[0], dequantize[0].output[0])
+    outputs = {o.name for o in model.graph.output}
+    for tensor in {t for pair in taps.values() for t in pair} - outputs:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session, taps
+
+
+def _steps(fq, like):
+    scale = fq.scale.detach().float()
+    if scale.numel() == 1:
+        return scale.reshape(())
+    return scale.reshape([-1 if d == fq.ch_axis else 1 for d in range(like.ndim)])
+
+
+def _mismatch_per_quantizer(path, qmodel) -> dict:
+    """{quantizer: fraction of its elements where the QDQ graph's output differs from the fake quantizer's
+    on the same input}."""
+    reference = copy.deepcopy(qmodel).eval()
+    modules = dict(reference.named_modules())
+    names = [name for name, module in modules.items() if name.endswith(("fake_quant", "fake_quantizer"))
+             and module.fake_quant_enabled[0] == 1]
+    session, taps = _tapped_session(path, names)
+    assert set(taps) == set(names), set(names) ^ set(taps)  # every enabled quantizer is in the graph
+    x = _inputs(2, 96, 128, seed=7)
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"raw": x.numpy()})))
+    mismatch = {}
+    with torch.no_grad():
+        for name, (entering, leaving) in taps.items():
+            fq = modules[name]
+            if name.endswith("weight_fake_quant"):
+                source = modules[name.rsplit(".weight_fake_quant", 1)[0]].weight
+            else:
+                source = torch.from_numpy(got[entering])  # the graph's own input to this quantizer
+            expected = fq(source)
+            # Equal outputs are the same integer; a difference of 1% of a step is already another value.
+            wrong = (torch.from_numpy(got[leaving]) - expected).abs() > 0.01 * _steps(fq, expected)
+            mismatch[name] = wrong.float().mean().item()
+    return mismatch
+
+
+def test_every_quantizer_in_the_qdq_graph_reproduces_its_fake_quantizer(exported, qmodel, tmp_path):
+    """Per quantizer, not at the output: a zero point or scale slightly off in one quantizer barely moves
+    the output PSNR, but changes most of that quantizer's elements."""
+    out, _ = exported
+    mismatch = _mismatch_per_quantizer(out / QDQ_FILE, qmodel)
+    assert len(mismatch) > 40
+    # A float32 rounding tie may land on the other integer now and then; a wrong zero point or scale
+    # changes a large share of the elements.
+    assert {name: m for name, m in mismatch.items() if m > 1e-3} == {}
+    # The check sees such an error: one activation scale 1% off in an otherwise identical graph.
+    model = onnx.load(str(out / QDQ_FILE))
+    target = "dbf_pool1_post_act_fake_quantizer"
+    scale = next(i for i in model.graph.initializer if i.name == f"{target}.scale")
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(1.01), scale.name))
+    onnx.save(model, str(tmp_path / "off.onnx"))
+    broken = _mismatch_per_quantizer(tmp_path / "off.onnx", qmodel)
+    assert broken[target] > 0.1 and all(broken[n] <= 1e-3 for n in broken if n != target)
+
+
 def test_opset_too_low_for_10_bits_names_the_quantizer(qmodel, tmp_path):
     with pytest.raises(ExportError, match=r"_fake_quant\w* \(LearnableFakeQuantize\): 10-bit range .*opset 21"):
         export_qdq(qmodel, tmp_path / "q.onnx", opset=17)

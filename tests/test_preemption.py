@@ -11,6 +11,7 @@ import torch
 
 from harness import preemption
 from harness.distributed import Distributed
+from resume_checks import assert_resumed, resume_point
 from test_train import REPOSITORY_ROOT, run_cli, write_run_config
 
 
@@ -22,7 +23,8 @@ def test_sigterm_stops_after_the_epoch_checkpoint_and_resume_matches_an_uninterr
     reference = write_run_config(reference_dir, synthetic_sid_root, schedule__epochs=2, schedule__iters_per_epoch=2)
     run_cli("train.py", "--config", reference, cwd=reference_dir)
 
-    stopped = write_run_config(stopped_dir, synthetic_sid_root, schedule__epochs=2, schedule__iters_per_epoch=2)
+    stopped = write_run_config(stopped_dir, synthetic_sid_root, schedule__epochs=2, schedule__iters_per_epoch=2,
+                               output__keep_best=10)
     process = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "train.py"), "--config", str(stopped)],
                                cwd=stopped_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir = stopped_dir / "results" / "tiny"
@@ -37,7 +39,10 @@ def test_sigterm_stops_after_the_epoch_checkpoint_and_resume_matches_an_uninterr
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("latest_*.pth")) == ["latest_epoch0001.pth"]
     assert not (run_dir / "summary.json").exists()
 
-    run_cli("train.py", "--config", stopped, "--resume", cwd=stopped_dir)
+    point = resume_point(run_dir)
+    resumed = run_cli("train.py", "--config", stopped, "--resume", cwd=stopped_dir)
+    assert point["epoch"] == 1
+    assert_resumed(resumed.stdout, run_dir, point)
     final = lambda folder: torch.load(folder / "results" / "tiny" / "checkpoints" / "latest_epoch0002.pth",
                                       weights_only=True)
     a, b = final(reference_dir), final(stopped_dir)

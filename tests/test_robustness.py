@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from resume_checks import assert_resumed, resume_point
 from test_train import REPOSITORY_ROOT, run_cli, write_run_config
 
 
@@ -24,27 +25,49 @@ def test_kills_at_random_points_then_resume_end_like_an_uninterrupted_run(synthe
     # inside the run (start-up, an epoch, validation or a checkpoint write) however fast it is.
     whole_run = time.monotonic() - started
 
-    killed = write_run_config(killed_dir, synthetic_sid_root, **settings)
-    checkpoints = killed_dir / "results" / "tiny" / "checkpoints"
+    # keep_best: every best checkpoint stays, so each resume can be seen to leave the earlier ones alone.
+    killed = write_run_config(killed_dir, synthetic_sid_root, output__keep_best=10, **settings)
+    run_dir = killed_dir / "results" / "tiny"
+    checkpoints = run_dir / "checkpoints"
+
+    def start(attempt):
+        """A training process (resuming when there is a checkpoint) logging to its own file."""
+        point = resume_point(run_dir) if list(checkpoints.glob("latest_epoch*.pth")) else None
+        log = killed_dir / f"attempt{attempt}.log"
+        with log.open("w") as stream:
+            process = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "train.py"), "--config", str(killed),
+                                        "--resume" if point else "--overwrite"],
+                                       cwd=killed_dir, stdout=stream, stderr=subprocess.DEVNULL)
+        return process, point, log
+
+    # One kill certainly lands after a checkpoint, so the resumes below continue real progress.
+    process, _, _ = start(0)
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("latest_epoch*.pth")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(checkpoints.glob("latest_epoch*.pth")) and not list(checkpoints.glob("latest_epoch0004.pth"))
+    kills_after_checkpoint = 1
+    # Then kills at random moments (start-up, an epoch, validation or a checkpoint write), each attempt resuming.
     chooser = random.Random(7)
-    kills = 0
-    for _ in range(6):
-        resume = ["--resume"] if list(checkpoints.glob("latest_epoch*.pth")) else ["--overwrite"]
-        process = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "train.py"), "--config", str(killed), *resume],
-                                   cwd=killed_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finishing = None
+    for attempt in range(1, 4):
+        process, point, log = start(attempt)
         time.sleep(chooser.uniform(0.2, 0.6) * whole_run)
         if process.poll() is not None:
-            break  # this attempt finished before its kill moment
+            assert process.returncode == 0, log.read_text()[-2000:]
+            finishing = (point, log.read_text())  # this attempt finished before its kill moment
+            break
         process.send_signal(signal.SIGKILL)
         process.wait()
-        kills += 1
-        if kills == 3:
-            break
-    print(f"killed {kills} time(s); whole run {whole_run:.1f} s")
-    assert kills >= 1, "the run always finished before a kill"
-    if not list(checkpoints.glob("latest_epoch0004.pth")):
-        resume = ["--resume"] if list(checkpoints.glob("latest_epoch*.pth")) else ["--overwrite"]
-        run_cli("train.py", "--config", killed, *resume, cwd=killed_dir)
+        kills_after_checkpoint += 1  # every attempt here started from a checkpoint
+    print(f"killed {kills_after_checkpoint} time(s) after a checkpoint; whole run {whole_run:.1f} s")
+    assert kills_after_checkpoint >= 1
+    if finishing is None:
+        point = resume_point(run_dir)
+        finishing = (point, run_cli("train.py", "--config", killed, "--resume", cwd=killed_dir).stdout)
+    assert_resumed(finishing[1], run_dir, finishing[0])  # the last attempt continued, it did not start over
 
     final = lambda folder: torch.load(folder / "results" / "tiny" / "checkpoints" / "latest_epoch0004.pth",
                                       weights_only=True)

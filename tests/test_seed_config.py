@@ -71,7 +71,19 @@ def test_quantized_checkpoint_reproduces_its_psnr_in_test_py(seed_run):
 def test_load_quant_model_continues_from_a_quantized_checkpoint(seed_run):
     folder, seed, data, _ = seed_run
     best = next((folder / "results" / "seed_aba_config" / "checkpoints").glob("best_epoch*.pth"))
-    result = run_cli("train.py", "--config", seed, "--set", f"load_quant_model={best}",
+    saved = torch.load(best, weights_only=True)
+    # No training (epochs: 0): the run validates exactly what it loaded, so a load that re-calibrated,
+    # dropped the learned scales or started from the float weights would show in both checks below.
+    result = run_cli("train.py", "--config", seed, "--set", f"load_quant_model={best}", "--set", "schedule.epochs=0",
                      "--set", "output.experiment=continued", *[a for o in data for a in ("--set", o)])
     assert "quant plan" in result.stdout
-    assert (folder / "results" / "continued" / "metrics.csv").exists()
+    run_dir = folder / "results" / "continued"
+    first = next(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert int(first["epoch"]) == 0 and float(first["psnr"]) == pytest.approx(saved["psnr"], abs=1e-4)
+    loaded = torch.load(next((run_dir / "checkpoints").glob("best_epoch0000*.pth")), weights_only=True)["model"]
+    saved_state, loaded_state = saved["model"]["state_dict"], loaded["state_dict"]
+    scales = [key for key in saved_state if key.endswith((".scale", ".zero_point"))]
+    assert len(scales) > 20  # every fake quantizer's learned scale and zero point...
+    assert saved_state.keys() == loaded_state.keys()
+    for key in saved_state:  # ...and every weight, exactly as saved
+        assert torch.equal(loaded_state[key], saved_state[key]), key

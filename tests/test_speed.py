@@ -1,5 +1,6 @@
 """Speed work: the uint16 device-finished loader with persistent workers, bf16 autocast training,
 the DDP checks (oversubscription, unused parameters) and deterministic pooling."""
+import os
 import warnings
 
 import pytest
@@ -8,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from harness.config import Config, ConfigError
 from harness.distributed import check_processes_fit_devices, find_unused_parameters, parameters_without_gradient
-from harness.setup import EpochIndexSampler, TrainLoader, loader_workers
+from harness.setup import MAX_AUTO_WORKERS, EpochIndexSampler, TrainLoader, loader_workers
 from harness.speed import DeterministicGlobalAveragePool, Speed, use_deterministic_pooling
 from data.raw_cache import RawCache
 from data.sid import SIDTrainDataset, read_list
@@ -70,7 +71,18 @@ def test_persistent_workers_keep_order_and_exact_resume(synthetic_sid_root, synt
 
 def test_auto_worker_count_leaves_a_cpu_for_each_process():
     assert loader_workers(3) == 3
-    assert 1 <= loader_workers("auto") <= 12
+    # The documented formula: the CPUs this process may use, shared by the node's training processes,
+    # less one for each process itself; at least 1, at most MAX_AUTO_WORKERS.
+    allowed = os.sched_getaffinity(0)
+    try:
+        for cpus in sorted({1, len(allowed)}):
+            os.sched_setaffinity(0, sorted(allowed)[:cpus])
+            for processes in (1, 2, 3, 64):
+                assert loader_workers("auto", processes) == max(1, min(MAX_AUTO_WORKERS, cpus // processes - 1)), \
+                    (cpus, processes)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert MAX_AUTO_WORKERS == 12
     assert loader_workers("auto", processes_per_node=64) == 1
 
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 import yaml
 
+from resume_checks import assert_resumed, resume_point
+
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -122,7 +124,8 @@ def test_resume_after_kill_matches_uninterrupted_run(synthetic_sid_root, tmp_pat
     reference = write_run_config(reference_dir, synthetic_sid_root, schedule__epochs=3)
     run_cli("train.py", "--config", reference, cwd=reference_dir)
 
-    killed = write_run_config(killed_dir, synthetic_sid_root, schedule__epochs=3)
+    # keep_best: every best checkpoint stays, so the resume can be seen to leave the earlier ones alone.
+    killed = write_run_config(killed_dir, synthetic_sid_root, schedule__epochs=3, output__keep_best=10)
     process = subprocess.Popen([sys.executable, str(REPOSITORY_ROOT / "train.py"), "--config", str(killed)],
                                cwd=killed_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = killed_dir / "results" / "tiny" / "checkpoints"
@@ -132,7 +135,9 @@ def test_resume_after_kill_matches_uninterrupted_run(synthetic_sid_root, tmp_pat
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not list(checkpoints.glob("latest_epoch0003.pth")), "the run finished before it could be killed"
-    run_cli("train.py", "--config", killed, "--resume", cwd=killed_dir)
+    point = resume_point(killed_dir / "results" / "tiny")
+    resumed = run_cli("train.py", "--config", killed, "--resume", cwd=killed_dir)
+    assert_resumed(resumed.stdout, killed_dir / "results" / "tiny", point)
 
     final = lambda folder: torch.load(folder / "results" / "tiny" / "checkpoints" / "latest_epoch0003.pth",
                                       weights_only=True)

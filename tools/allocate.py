@@ -28,6 +28,7 @@ import harness.runner
 from harness.config import ConfigError, load_config
 from helpers.files import read_csv, write_csv_atomic, write_text_atomic
 from harness.runner import run_entry_point
+from helpers.text_input import parse_yaml
 from quant.allocate import (BUDGET_KINDS, allocate, assignment_cost, candidates_from_rows, special_layer_entries,
                             w8a8_cost)
 from quant.scheme import parse_bits_option
@@ -106,7 +107,7 @@ def main(argv=None):
         common = {}
         for assignment in args.set:  # the --set overrides apply to every variant
             key, _, text = assignment.partition("=")
-            common[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            common[key.strip()] = parse_yaml(text, f"--set {key.strip()}", show_line=False) if text.strip() else None
         sweep = {"base": base, **({"set": common} if common else {}), "variants": [
             {"name": "hand", "set": {}},
             {"name": "allocated", "set": {"extra_quantizer_dict": {"special_layer": entries}}},

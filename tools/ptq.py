@@ -32,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/<n
 import harness.runner
 from harness.config import load_config
 from harness.evaluate import evaluate
-from helpers.files import write_csv_atomic, write_text_atomic
+from helpers.files import check_writable, write_csv_atomic, write_text_atomic
 from harness.records import format_table
 from harness.runner import run_entry_point
 from harness.setup import build_eval_dataset, build_float_model, build_train_loader, ensure_data
 from models import input_kind
+from quant.scheme import MAX_BITS, MIN_BITS
 
 
 def calibration_inputs(config, kind, count):
@@ -109,6 +110,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set, check_files=False)
     harness.runner.post_mortem = config.pdb_debug
+    # Every flag and file is checked here, before the float and PTQ scoring (hours on SID).
+    for bits in args.bits or []:
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise ValueError(f"--bits {bits}: out of range; valid: {MIN_BITS}..{MAX_BITS}")
     from deploy.runtimes import normalise_runtimes
     runtimes = normalise_runtimes(args.runtime) if args.runtime else config.deploy.runtime
     weights = args.weights or config.load_model
@@ -116,8 +121,22 @@ def main(argv=None):
         raise ValueError("no full-precision weights: give --weights PATH or set load_model")
     if not Path(weights).is_file():
         raise FileNotFoundError(f"--weights: file not found: {weights}")
+    qat = None
+    if args.qat_checkpoint:
+        from harness.evaluate_run import load_network
+        try:
+            qat = load_network(config, args.qat_checkpoint, torch.device("cpu"))
+        except (ValueError, OSError) as error:
+            raise type(error)(f"--qat-checkpoint: {str(error).strip().splitlines()[0]}") from None
+    for path in args.onnx:  # loaded once here so that a bad file stops the run before any scoring
+        from deploy.onnx_network import OnnxNetwork
+        for runtime in runtimes:
+            try:
+                OnnxNetwork(path, runtime=runtime)
+            except (ValueError, OSError) as error:
+                raise type(error)(f"--onnx: {str(error).strip().splitlines()[0]}") from None
     out_dir = Path(args.out or config.run_dir / "ptq")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     ensure_data(config)
     kind = input_kind(config.model.name)
     float_model = build_float_model(config, weights).eval()
@@ -148,9 +167,7 @@ def main(argv=None):
                 rows, images = score_onnx(path, dataset, config, "onnxruntime_ptq", label_bits, runtimes)
                 summary += rows
                 per_image += images
-    if args.qat_checkpoint:
-        from harness.evaluate_run import load_network
-        qat = load_network(config, args.qat_checkpoint, torch.device("cpu"))
+    if qat is not None:
         row, rows = score(qat, dataset, config, "qat", "checkpoint")
         summary.append(row)
         per_image += rows
