@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from core.config import load_config
+from core.ratios import group_of, group_sort_key
 from core.records import format_table
 from core.runner import run_entry_point
 
@@ -23,9 +24,9 @@ def per_ratio(per_image_csv):
     """Mean PSNR/SSIM of the model and of the naive baseline for each exposure ratio."""
     rows = list(csv.DictReader(Path(per_image_csv).read_text().splitlines()))
     table = []
-    for ratio in sorted({float(row["ratio"]) for row in rows}):
-        chosen = [row for row in rows if float(row["ratio"]) == ratio]
-        table.append({"ratio": f"x{ratio:g}", "pairs": len(chosen),
+    for group in sorted({group_of(row) for row in rows}, key=group_sort_key):
+        chosen = [row for row in rows if group_of(row) == group]
+        table.append({"ratio": group, "pairs": len(chosen),
                       **{key: sum(float(row[key]) for row in chosen) / len(chosen)
                          for key in ("psnr", "baseline_psnr", "ssim", "baseline_ssim")}})
     return table

@@ -39,6 +39,7 @@ from core import slurm
 from core.config import ConfigError, apply_override, load_with_bases, load_config
 from core.files import write_csv_atomic, write_text_atomic
 from core.names import validation_error_line
+from core.ratios import group_columns
 from core.records import format_table
 from core.runner import run_entry_point
 from core.sweep_plots import SWEEP_FIGURES, plot_sweep
@@ -252,8 +253,7 @@ def _difference_text(row, metric="psnr", digits=3) -> str:
 def display_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """The table people read (printed and in summary.md): mean ± std over seeds, test PSNR per ratio,
     the difference to the reference with its 95% CI."""
-    ratios = list(dict.fromkeys(k.removeprefix("test_psnr_") for r in rows for k in r
-                                if k.startswith("test_psnr_x") and not k.endswith("_std")))
+    ratios = group_columns(rows, "test_psnr_")
     table = []
     for row in rows:
         line = {"variant": row["variant"], "seeds": row["seeds"],

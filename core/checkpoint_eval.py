@@ -17,8 +17,8 @@ from core.metrics import psnr, ssim
 from core.ratios import means_by_ratio
 from core.records import format_table
 from core.safe_load import load_torch_file
-from core.setup import (build_eval_dataset, build_float_model, check_split_lists, ensure_data, resolve_device,
-                        split_selection)
+from core.setup import (build_eval_dataset, build_float_model, check_split_lists, data_source, ensure_data,
+                        resolve_device, split_selection)
 from data.sid import develop_short_exposure_baseline
 from models import input_kind
 from models.weights import load_state
@@ -62,12 +62,14 @@ def load_network(config: Config, checkpoint_path, device):
     return model.to(device).eval()
 
 
-def baseline_rows(dataset, ssim_variant, metric_precision="float"):
-    """The naive baseline: the short exposure amplified by the ratio and developed by rawpy."""
+def baseline_rows(dataset, ssim_variant, metric_precision="float", develop=None):
+    """The naive baseline: the short exposure amplified by the ratio and developed by rawpy (`develop`:
+    a data set's own baseline_image, data/datasets.py)."""
+    develop = develop or (lambda pair: develop_short_exposure_baseline(pair.short_path, pair.ratio))
     rows = []
     for pair in dataset.pairs:
         target = np.asarray(dataset.cache.rgb(pair.long_path), dtype=np.float32) / 65535.0
-        developed = develop_short_exposure_baseline(pair.short_path, pair.ratio)
+        developed = develop(pair)
         height, width = (min(a, b) // 32 * 32 for a, b in zip(target.shape[:2], developed.shape[:2]))
         target, developed = target[:height, :width], developed[:height, :width]
         rows.append({"baseline_psnr": psnr(developed, target, metric_precision),
@@ -94,7 +96,7 @@ def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=No
               "checkpoint": str(checkpoint_path), "data_root": str(Path(config.data.root).resolve()),
               "list": str(list_name)}
     if with_baseline:
-        for row, extra in zip(rows, baseline_rows(dataset, variant, precision)):
+        for row, extra in zip(rows, baseline_rows(dataset, variant, precision, data_source(config).baseline_image)):
             row.update(extra)
         report["baseline_psnr"] = float(np.mean([r["baseline_psnr"] for r in rows]))
         report["baseline_ssim"] = float(np.mean([r["baseline_ssim"] for r in rows]))
