@@ -15,6 +15,11 @@ test.py does; memory stays bounded by one tile. The networks need height and wid
 32: other frames stop with an error unless `--crop` cuts them from the top-left as test.py does.
 Bad input (an unreadable file, no ratio, a frame of the wrong size) prints one line naming the file
 or flag and exits 2; images already written are kept.
+Any 2x2 Bayer pattern (RGGB, BGGR, GRBG, GBRG) is brought to the networks' RGGB phase by dropping the
+first row and/or column, as the training data loaders do (docs/datasets.md); X-Trans and Foveon files
+are refused. A checkpoint records the cameras of its training data: a file from another camera gets a
+one-line warning (a network trained on one sensor's colours gives casts on another's; fine-tune it
+on short/long pairs from your camera, data.dataset: pairs).
 """
 import argparse
 import io
@@ -30,6 +35,7 @@ from core.files import write_bytes_atomic
 from core.runner import run_entry_point
 from deploy.onnx_network import OnnxNetwork
 from data.raw_cache import RawInfo, _decode_mosaic, open_raw
+from data.raw_metadata import camera_name
 from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
 
 FORMATS = ("png", "tiff")
@@ -71,6 +77,17 @@ def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "
     normalised = normalise_mosaic(mosaic[:height, :width], info, ratio)
     network_input = pack_raw(normalised) if input_kind == "packed" else normalised[None]
     return torch.from_numpy(np.ascontiguousarray(network_input))[None]
+
+
+def camera_warning(path: Path, training_cameras) -> str | None:
+    """One line when `path` comes from a camera the network was not trained on (None when it did, or
+    when either camera is unknown)."""
+    camera = camera_name(path)
+    if not training_cameras or camera is None or camera in training_cameras:
+        return None
+    return (f"warning: {path.name} comes from {camera}, but the network was trained on "
+            f"{', '.join(training_cameras)}: expect colour casts; fine-tune it on short/long raw pairs from "
+            "your camera (data.dataset: pairs, docs/datasets.md)")
 
 
 def load_model(args, device):
@@ -160,8 +177,12 @@ def main(argv=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tile_size = args.tile_size or None
-    written = []
+    written, warned = [], set()
     for path in tqdm(files, desc="enhance", unit="file", dynamic_ncols=True):
+        warning = camera_warning(path, getattr(model, "training_cameras", None))
+        if warning and camera_name(path) not in warned:  # once per camera, not once per file
+            warned.add(camera_name(path))
+            tqdm.write(warning, file=sys.stderr)
         ratio = amplification_ratio(path, args.ratio, args.reference_exposure)
         network_input = read_input(path, ratio, args.crop, model.input_kind)
         rgb = enhance(model, network_input, device, tile_size, args.tile_overlap)

@@ -28,8 +28,8 @@ from core.loss import task_loss
 from core.records import MetricsLog
 from core.runner import load_entry_config, run_entry_point
 from core.safe_load import load_torch_file
-from core.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, ensure_data,
-                        resolve_device)
+from core.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, data_source,
+                        ensure_data, resolve_device)
 from core.speed import Speed
 from models import input_kind as model_input_kind
 
@@ -322,6 +322,8 @@ def _run(config, resume, overwrite, ddp):
     train_loader = build_train_loader(config, input_kind, config.seed, ddp.rank, ddp.world_size, device)
     if main_process:
         ddp.barrier()
+        # Checkpoints name the camera(s) they were trained on: enhance.py warns about files from another.
+        saver.metadata["data_cameras"] = data_source(config).cameras(train_loader.dataset.pairs)
     val_set = build_eval_dataset(config, "val", input_kind) if main_process else None
 
     if needs_calibration:

@@ -59,6 +59,8 @@ def load_network(config: Config, checkpoint_path, device):
     else:
         model = build_float_model(trained_with)
         load_state(model, payload, checkpoint_path)
+    # The cameras of the training data (None: weights from elsewhere, or an older checkpoint).
+    model.training_cameras = payload.get("data_cameras") if isinstance(payload, dict) else None
     return model.to(device).eval()
 
 
