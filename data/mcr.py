@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from data.raw_cache import RawCache
+from data.sid import check_pair_sizes
 
 PROTOCOLS = ("all",)
 DATASET_FOLDER = "Mono_Colored_RAW_Paired_DATASET"
@@ -182,6 +183,7 @@ def prepare_split(root, list_name, protocol, exclude_misaligned, cache_dir, work
     check_files(pairs)
     RawCache(cache_dir).build([p.short_path for p in pairs], [p.long_path for p in pairs], workers=workers,
                               mono_paths=[p.mono_path for p in pairs])
+    check_pair_sizes(pairs, RawCache(cache_dir))
     return pairs
 
 

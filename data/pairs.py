@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from data.raw_cache import RawCache
 from data.raw_metadata import camera_name, exposure_time
-from data.sid import ratio_group
+from data.sid import check_pair_sizes, ratio_group
 
 PROTOCOLS = ("all",)
 LIST_ALIASES = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
@@ -106,6 +106,7 @@ def select_pairs(pairs: Sequence[RawPair], protocol: str, exclude_misaligned: bo
 def prepare_split(root, list_name, protocol, exclude_misaligned, cache_dir, workers, max_pairs=None) -> list[RawPair]:
     pairs = select_pairs(read_split(root, list_name), protocol)[:max_pairs]
     RawCache(cache_dir).build([p.short_path for p in pairs], [p.long_path for p in pairs], workers=workers)
+    check_pair_sizes(pairs, RawCache(cache_dir))
     return pairs
 
 

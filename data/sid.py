@@ -462,3 +462,10 @@ def cameras(pairs: Sequence) -> list[str]:
 def baseline_image(pair) -> np.ndarray:
     """The naive baseline of a pair (float32 HxWx3 in [0, 1], cache coordinates)."""
     return develop_short_exposure_baseline(pair.short_path, pair.ratio)
+
+
+def check_pair_sizes(pairs: Sequence, cache: RawCache) -> None:
+    """Every pair's input and ground truths (decoded in the cache) have the same size: a mismatch stops
+    before training, in one line naming the files, rather than at the first batch that draws it."""
+    for pair in pairs:
+        _open_pair(cache, pair)
