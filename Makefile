@@ -16,8 +16,9 @@ $(VENV)/.installed: requirements.txt
 .PHONY: setup demo test bench clean ablation
 setup: $(VENV)/.installed
 
+# make demo ARGS="--set data.dataset=mcr": the demo on the MCR-format stand-in (docs/datasets.md)
 demo: setup
-	$(PY) demo.py
+	$(PY) demo.py $(ARGS)
 
 ablation: setup
 	$(PY) ablation.py

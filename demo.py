@@ -6,7 +6,11 @@
    then quantization-aware training without and with distillation from the teacher: a three-variant
    sweep whose table reads each against PTQ;
 3. export the best QAT model to ONNX (FP32 and the integer QDQ graph) and check it in onnxruntime.
+
+`--set key=value` changes every run of the demo, e.g. `python demo.py --set data.dataset=mcr` runs it
+on the MCR-format stand-in (`make demo ARGS="--set data.dataset=mcr"`; docs/datasets.md).
 """
+import argparse
 import csv
 import json
 import shutil
@@ -33,17 +37,21 @@ def per_ratio(per_image_csv):
 
 
 def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config change for every run of the demo (e.g. data.dataset=mcr)")
+    overrides = parser.parse_args(argv).set
     started = time.time()
     import sweep
     import train
     from core.export import export_run
 
     print("=== 1/3 full-precision teacher (configfile/demo_fp.yaml)")
-    teacher_config = load_config("configfile/demo_fp.yaml")
+    teacher_config = load_config("configfile/demo_fp.yaml", overrides)
     teacher = train.run(teacher_config, overwrite=True)
 
     print("\n=== 2/3 W8A8 PTQ, QAT, QAT with distillation (configfile/demo_sweep.yaml)")
-    demo_sweep = sweep.load_sweep("configfile/demo_sweep.yaml")
+    demo_sweep = sweep.load_sweep("configfile/demo_sweep.yaml", [f"set.{assignment}" for assignment in overrides])
     # A re-run of the demo trains its variants again, from the teacher just trained.
     shutil.rmtree(sweep.sweep_results_dir(demo_sweep), ignore_errors=True)
     rows = sweep.run_sweep(demo_sweep)

@@ -9,7 +9,8 @@ The split is the authors' `random_path_list/{train,test}/{train,test}_{c,m,rgb}_
 numpy arrays of paths relative to the root, index i of each naming one pair (3,600 train, 384 test).
 A list name in the config is the colour-input array (`..._c_path.npy`); the mono and RGB arrays are
 its siblings. The authors split pairs, not scenes, at random, and have no validation split: every
-scene has exposures in both lists, and they validate on the test list (so does our default).
+scene has exposures in both lists, and they validate on the test list (so does `val_list: val` when
+there is no random_path_list/val/ of your own).
 
 File name `C00260_48mp_0x8_0x00ff`: scene 260, master clock 48 MHz, global gain 0x8, shutter width
 0x00ff. The amplification is gt_expo / img_expo with img_expo the shutter width and gt_expo 12287
@@ -34,7 +35,7 @@ from data.sid import check_pair_sizes
 PROTOCOLS = ("all",)
 DATASET_FOLDER = "Mono_Colored_RAW_Paired_DATASET"
 LIST_ALIASES = {"train": "random_path_list/train/train_c_path.npy",
-                "val": "random_path_list/test/test_c_path.npy",
+                "val": "random_path_list/val/val_c_path.npy",
                 "test": "random_path_list/test/test_c_path.npy"}
 # The authors' rule (train.py/test.py): the ground truth's shutter width by scene number.
 INDOOR_GT_SHUTTER_WIDTH = 12287  # 0x2fff, scenes 1..499
@@ -98,7 +99,11 @@ class MCRPair:
 
 
 def resolve_list_file(root: str | os.PathLike, list_name: str | os.PathLike) -> Path:
-    """'train' / 'val' / 'test', a `..._c_path.npy` file, or a folder holding one; relative to root."""
+    """'train' / 'val' / 'test', a `..._c_path.npy` file, or a folder holding one; relative to root.
+    'val' is random_path_list/val/ when there is one (the stand-in writes one), else the test list, as
+    the authors validated."""
+    if str(list_name) == "val" and not (Path(root) / LIST_ALIASES["val"]).is_file():
+        list_name = "test"
     list_name = LIST_ALIASES.get(str(list_name), list_name)
     path = Path(list_name)
     path = path if path.is_absolute() else Path(root).absolute() / path

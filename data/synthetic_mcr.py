@@ -106,16 +106,17 @@ def _existing_set_matches(root: Path, parameters: dict) -> bool:
 def generate_synthetic_mcr(root: str | os.PathLike, *, seed: int = 0, height: int = 256, width: int = 384,
                            train_scenes: int = 4, val_scenes: int = 1, test_scenes: int = 2, bursts: int = 1,
                            overwrite: bool = False) -> Path:
-    """Writes (or reuses) the stand-in under root and returns root. Takes the keys of data.synthetic;
-    val_scenes and bursts have no MCR meaning (MCR has no validation split and no bursts) and are
-    ignored. The split lists name pairs of train scenes and of test scenes, shuffled as MCR's are."""
+    """Writes (or reuses) the stand-in under root and returns root. Takes the keys of data.synthetic
+    (bursts has no MCR meaning and is ignored). Split lists name the pairs of train, val and test scenes,
+    shuffled as MCR's are; MCR itself has no val list (data/mcr.py then validates on the test list)."""
     _check_size(height, width)
-    if train_scenes < 0 or test_scenes < 1 or train_scenes + test_scenes > 998:
-        raise ValueError(f"the MCR stand-in needs test_scenes >= 1 and at most 998 scenes, got "
-                         f"train_scenes={train_scenes}, test_scenes={test_scenes}")
+    if min(train_scenes, val_scenes) < 0 or test_scenes < 1 or train_scenes + val_scenes + test_scenes > 998:
+        raise ValueError(f"the MCR stand-in needs test_scenes >= 1 and at most 998 scenes, got train_scenes="
+                         f"{train_scenes}, val_scenes={val_scenes}, test_scenes={test_scenes}")
     root = Path(root).absolute()
     parameters = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "height": int(height),
-                  "width": int(width), "train_scenes": int(train_scenes), "test_scenes": int(test_scenes)}
+                  "width": int(width), "train_scenes": int(train_scenes), "val_scenes": int(val_scenes),
+                  "test_scenes": int(test_scenes)}
     if not overwrite and _existing_set_matches(root, parameters):
         return root
     if (root / DATASET_FOLDER).is_dir() and not (root / MANIFEST_NAME).is_file():
@@ -123,16 +124,21 @@ def generate_synthetic_mcr(root: str | os.PathLike, *, seed: int = 0, height: in
         raise ValueError(f"{root / DATASET_FOLDER} holds an MCR set that is not the synthetic stand-in; "
                          "set data.synthetic: null to use it, or choose another data.root")
     (root / MANIFEST_NAME).unlink(missing_ok=True)
-    numbers = scene_numbers(train_scenes + test_scenes)
-    splits = {"train": numbers[:train_scenes], "test": numbers[train_scenes:]}
+    numbers = scene_numbers(train_scenes + val_scenes + test_scenes)
+    splits = {"train": numbers[:train_scenes], "val": numbers[train_scenes:train_scenes + val_scenes],
+              "test": numbers[train_scenes + val_scenes:]}
     files: dict[str, int] = {}
     progress = tqdm(total=len(numbers), desc="synthetic MCR scenes", unit="scene", leave=False)
     try:
         for split, scenes in splits.items():
+            if not scenes:  # no list at all, not an empty one (nor one left from an earlier set)
+                for kind in ("c", "m", "rgb"):
+                    (root / f"random_path_list/{split}/{split}_{kind}_path.npy").unlink(missing_ok=True)
+                continue
             lists = {"c": [], "m": [], "rgb": []}
             for ordinal, scene in enumerate(scenes):
                 # The SID renderer's scene id picks the photo pool: test scenes show photos training never sees.
-                sid_scene_id = (0 if split == "train" else 10000) + ordinal + 1
+                sid_scene_id = {"train": 0, "test": 10000, "val": 20000}[split] + ordinal + 1
                 for kind, paths in write_mcr_scene(root, seed, scene, sid_scene_id, height, width).items():
                     lists[kind].extend(paths)
                 progress.update()

@@ -26,7 +26,7 @@ HEIGHT, WIDTH = 64, 96
 def mcr_root(tmp_path_factory) -> Path:
     """One training scene (indoor) and two test scenes (indoor and outdoor), 8 exposures each."""
     return generate_synthetic_mcr(tmp_path_factory.mktemp("mcr"), height=HEIGHT, width=WIDTH, train_scenes=1,
-                                  test_scenes=2)
+                                  val_scenes=0, test_scenes=2)
 
 
 @pytest.mark.parametrize("name, scene, clock, gain, shutter, expected", [
@@ -78,6 +78,14 @@ def test_stand_in_has_mcr_layout_names_and_lists(mcr_root):
     with Image.open(pairs[0].long_path) as rgb:
         assert rgb.format == "JPEG" and rgb.mode == "RGB"
     assert pairs[0].mono_path.name.startswith("M_Align_") and pairs[0].long_path.parent.name == "RGB_GT"
+
+
+def test_validation_uses_a_val_list_when_there_is_one_else_the_test_list(mcr_root, tmp_path):
+    assert mcr.resolve_list_file(mcr_root, "val") == mcr.resolve_list_file(mcr_root, "test")
+    with_val = generate_synthetic_mcr(tmp_path, height=HEIGHT, width=WIDTH, train_scenes=1, val_scenes=1, test_scenes=1)
+    assert mcr.resolve_list_file(with_val, "val").name == "val_c_path.npy"
+    assert {p.scene for p in mcr.read_split(with_val, "val")} == {501}
+    assert {p.scene for p in mcr.read_split(with_val, "test")} == {2}
 
 
 def test_loader_scales_as_the_authors_and_supervises_mono_with_mono_gt(mcr_root, tmp_path):
