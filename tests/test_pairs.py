@@ -195,3 +195,18 @@ def test_enhance_prepares_every_phase_as_the_loader(pairs_root, tmp_path):
         loader_input = SIDEvalDataset([pair], RawCache(tmp_path / "cache"), "mosaic")[0]["input"]
         enhance_input = enhance.read_input(pair.short_path, pair.ratio, crop=True)[0]
         torch.testing.assert_close(enhance_input, loader_input, rtol=0, atol=0)
+
+
+def test_synthetic_pairs_lists_name_the_sid_stand_in_with_ratios_from_exposure_times(synthetic_sid_root, tmp_path):
+    import shutil
+    from data.synthetic_mcr import write_synthetic_pairs_lists
+    from data.sid import read_list
+    root = tmp_path / "sid"
+    shutil.copytree(synthetic_sid_root, root)
+    write_synthetic_pairs_lists(root)
+    for split in ("train", "val", "test"):
+        sid = read_list(root / f"Sony_{split}_list.txt", root)
+        listed = camera_pairs.read_split(root, split)
+        assert [p.short_path.resolve() for p in listed] == [p.short_path.resolve() for p in sid]
+        # 10 s / 0.033 s is 303 from the files; SID's loader caps it at 300.
+        assert [p.ratio for p in listed] == pytest.approx([p.gt_exposure / p.input_exposure for p in sid], rel=1e-5)
