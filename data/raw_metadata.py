@@ -12,13 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from data.raw_cache import is_image_file, open_raw
+from data.raw_cache import is_image_file, one_line_error
 
 
 def exposure_time(path: Path) -> Optional[float]:
-    """Seconds, or None when the file records none."""
-    with open_raw(Path(path)) as raw:
+    """Seconds, or None when the file records none. Only the metadata is parsed (open_file without
+    unpack): a pairs list of thousands of raws is read in seconds, not minutes."""
+    import rawpy
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"raw file not found: {path}")
+    raw = rawpy.RawPy()
+    try:
+        raw.open_file(str(path))
         seconds = float(raw.other.shutter_speed)
+    except (rawpy.LibRawError, OSError) as error:
+        raise ValueError(f"cannot read raw file {path}: {one_line_error(error)}") from None
+    finally:
+        raw.close()
     return seconds if seconds > 0 else None
 
 

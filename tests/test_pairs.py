@@ -210,3 +210,14 @@ def test_synthetic_pairs_lists_name_the_sid_stand_in_with_ratios_from_exposure_t
         assert [p.short_path.resolve() for p in listed] == [p.short_path.resolve() for p in sid]
         # 10 s / 0.033 s is 303 from the files; SID's loader caps it at 300.
         assert [p.ratio for p in listed] == pytest.approx([p.gt_exposure / p.input_exposure for p in sid], rel=1e-5)
+
+
+def test_pair_without_exposure_times_needs_the_ratio_column(tmp_path):
+    common = dict(white_balance_gains=GAINS, iso=100, f_number=4.0, pattern="RGGB", camera=CAMERA)
+    write_dng(tmp_path / "s.dng", flat_grey("RGGB", 512, 0.01), exposure_time=0.0, **common)
+    write_dng(tmp_path / "l.dng", flat_grey("RGGB", 512, 1.0), exposure_time=0.0, **common)
+    (tmp_path / "pairs.csv").write_text("s.dng,l.dng\ns.dng,l.dng,100\n")
+    with pytest.raises(ValueError, match=r"pairs.csv:1: s.dng records no exposure time; give the ratio as a third"):
+        camera_pairs.read_list(tmp_path / "pairs.csv")
+    (tmp_path / "pairs.csv").write_text("s.dng,l.dng,100\n")
+    assert camera_pairs.read_list(tmp_path / "pairs.csv")[0].ratio == 100.0
