@@ -34,7 +34,7 @@ import core.runner
 from core.files import write_bytes_atomic
 from core.runner import run_entry_point
 from deploy.onnx_network import OnnxNetwork
-from data.raw_cache import RawInfo, _decode_mosaic, open_raw
+from data.raw_cache import RawInfo, _decode_mosaic, is_image_file, open_raw
 from data.raw_metadata import camera_name
 from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
 
@@ -63,9 +63,12 @@ def amplification_ratio(path: Path, ratio=None, reference_exposure=None) -> floa
 def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "mosaic") -> torch.Tensor:
     """The network input (1, 1, H, W) of a raw file, as SIDEvalDataset builds it from the cache."""
     from data.sid import pack_raw
-    with open_raw(path) as raw:
-        visible = raw.raw_image_visible.shape
     mosaic, metadata = _decode_mosaic(path)
+    if is_image_file(path):  # an 8-bit mosaic image (MCR's TIFFs): read as the MCR loader reads it
+        visible = mosaic.shape
+    else:
+        with open_raw(path) as raw:
+            visible = raw.raw_image_visible.shape
     height, width = (size // EVAL_MULTIPLE * EVAL_MULTIPLE for size in mosaic.shape)
     if (height, width) != tuple(visible) and not crop:
         raise ValueError(f"{path}: frame {visible[0]}x{visible[1]} is not RGGB-aligned with height and width "

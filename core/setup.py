@@ -73,7 +73,8 @@ def split_selection(config: Config, split: str):
         "val": (data.val_list, data.val_protocol, data.max_val_pairs),
         "test": (data.test_list, data.test_protocol, data.max_test_pairs),
     }[split]
-    return list_name, protocol, data.exclude_misaligned and split != "train", limit
+    # Misaligned scenes are SID's (data/sid.py: MISALIGNED_SCENES); other data sets have none listed.
+    return list_name, protocol, data.exclude_misaligned and split != "train" and data.dataset == "sid", limit
 
 
 def split_pairs(config: Config, split: str):

@@ -221,3 +221,10 @@ def test_sid_protocols_are_refused_for_mcr(mcr_root, tmp_path, capsys):
     config = _mcr_run_config(tmp_path, mcr_root, data__test_protocol="dble")
     status, _, err = run_here(capsys, "train.py", "--config", config, cwd=tmp_path)
     assert_one_line_error(status, err, "test_protocol: dble is a SID protocol")
+
+
+def test_enhance_reads_an_mcr_mosaic_as_the_loader(mcr_root, tmp_path):
+    pair = mcr.prepare_split(mcr_root, "test", "all", False, tmp_path / "cache", workers=0)[0]
+    loader_input = SIDEvalDataset([pair], RawCache(tmp_path / "cache"), "mosaic")[0]["input"]
+    enhance_input = entry_point("enhance.py").read_input(pair.short_path, pair.ratio)[0]
+    torch.testing.assert_close(enhance_input, loader_input, rtol=0, atol=0)
