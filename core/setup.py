@@ -99,12 +99,6 @@ def check_split_lists(config: Config, splits=("train", "val", "test")) -> None:
             raise ConfigError(f"data.{split}_list: {list_file} has no pair under protocol {protocol!r}")
 
 
-def training_cameras(config: Config) -> list[str]:
-    """Make and model of the training inputs' camera(s): checkpoints record them, and enhance.py warns
-    about files from another camera."""
-    return data_source(config).cameras(split_pairs(config, "train"))
-
-
 def _protocol_training_pairs(config: Config, decode: bool = True):
     """Training pairs drawn from more than the train list (data.train_protocol: dble), decoded into the cache."""
     data = config.data
