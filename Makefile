@@ -31,8 +31,9 @@ $(NEWEST_VENV)/.installed: requirements.txt
 .PHONY: setup demo test test-torch-newest fuzz bench clean ablation
 setup: $(VENV)/.installed
 
+# make demo ARGS="--set data.dataset=mcr": the demo on the MCR-format stand-in (docs/datasets.md)
 demo: setup
-	$(PY) demo.py
+	$(PY) demo.py $(ARGS)
 
 ablation: setup
 	$(PY) ablation.py

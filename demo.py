@@ -6,7 +6,11 @@
    then quantization-aware training without and with distillation from the teacher: a three-variant
    sweep whose table reads each against PTQ;
 3. export the best QAT model to ONNX (FP32 and the integer QDQ graph) and check it in onnxruntime.
+
+`--set key=value` changes every run of the demo, e.g. `python demo.py --set data.dataset=mcr` runs it
+on the MCR-format stand-in (`make demo ARGS="--set data.dataset=mcr"`; docs/datasets.md).
 """
+import argparse
 import csv
 import json
 import shutil
@@ -19,6 +23,7 @@ from harness.export_run import export_run
 from harness.records import format_table
 from harness.runner import run_entry_point
 from harness.training import run as train_run
+from helpers.ratios import group_of, group_sort_key
 from sweeps.run import run_sweep, sweep_results_dir
 from sweeps.variants import load_sweep
 
@@ -27,23 +32,27 @@ def per_ratio(per_image_csv):
     """Mean PSNR/SSIM of the model and of the naive baseline for each exposure ratio."""
     rows = list(csv.DictReader(Path(per_image_csv).read_text().splitlines()))
     table = []
-    for ratio in sorted({float(row["ratio"]) for row in rows}):
-        chosen = [row for row in rows if float(row["ratio"]) == ratio]
-        table.append({"ratio": f"x{ratio:g}", "pairs": len(chosen),
+    for group in sorted({group_of(row) for row in rows}, key=group_sort_key):
+        chosen = [row for row in rows if group_of(row) == group]
+        table.append({"ratio": group, "pairs": len(chosen),
                       **{key: sum(float(row[key]) for row in chosen) / len(chosen)
                          for key in ("psnr", "baseline_psnr", "ssim", "baseline_ssim")}})
     return table
 
 
 def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config change for every run of the demo (e.g. data.dataset=mcr)")
+    overrides = parser.parse_args(argv).set
     started = time.time()
 
     print("=== 1/3 full-precision teacher (configfile/demo_fp.yaml)")
-    teacher_config = load_config("configfile/demo_fp.yaml")
+    teacher_config = load_config("configfile/demo_fp.yaml", overrides)
     teacher = train_run(teacher_config, overwrite=True)
 
     print("\n=== 2/3 W8A8 PTQ, QAT, QAT with distillation (configfile/demo_sweep.yaml)")
-    demo_sweep = load_sweep("configfile/demo_sweep.yaml")
+    demo_sweep = load_sweep("configfile/demo_sweep.yaml", [f"set.{assignment}" for assignment in overrides])
     # A re-run of the demo trains its variants again, from the teacher just trained.
     shutil.rmtree(sweep_results_dir(demo_sweep), ignore_errors=True)
     rows = run_sweep(demo_sweep)

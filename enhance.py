@@ -23,6 +23,11 @@ write one file. An existing output is never replaced without `--overwrite`.
 Bad input (an unreadable file, no ratio, a non-finite ratio, a frame of the wrong size, an output that
 exists) prints one line naming the file or flag and exits 2; flags, inputs, ratios and the output folder
 are all checked before the first frame is processed, and images already written are kept.
+Any 2x2 Bayer pattern (RGGB, BGGR, GRBG, GBRG) is brought to the networks' RGGB phase by dropping the
+first row and/or column, as the training data loaders do (docs/datasets.md); X-Trans and Foveon files
+are refused. A checkpoint records the cameras of its training data: a file from another camera gets a
+one-line warning (a network trained on one sensor's colours gives casts on another's; fine-tune it
+on short/long pairs from your camera, data.dataset: pairs).
 """
 import argparse
 import io
@@ -41,7 +46,8 @@ from harness.runner import run_entry_point
 from deploy.onnx_network import OnnxNetwork, choose_runtime
 from deploy.runtimes import RUNTIMES
 from checkpoints.weights import WeightsError
-from data.raw_cache import RawInfo, _decode_mosaic, open_raw
+from data.raw_cache import RawInfo, _decode_mosaic, is_image_file, open_raw
+from data.raw_metadata import camera_name
 from data.sid import EVAL_MULTIPLE, MAXIMUM_RATIO, normalise_mosaic
 
 FORMATS = ("png", "tiff")
@@ -70,9 +76,12 @@ def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "
                clip_input: bool = False) -> torch.Tensor:
     """The network input (1, 1, H, W) of a raw file, as SIDEvalDataset builds it from the cache."""
     from data.sid import pack_raw
-    with open_raw(path) as raw:
-        visible = raw.raw_image_visible.shape
     mosaic, metadata = _decode_mosaic(path)
+    if is_image_file(path):  # an 8-bit mosaic image (MCR's TIFFs): read as the MCR loader reads it
+        visible = mosaic.shape
+    else:
+        with open_raw(path) as raw:
+            visible = raw.raw_image_visible.shape
     height, width = (size // EVAL_MULTIPLE * EVAL_MULTIPLE for size in mosaic.shape)
     if (height, width) != tuple(visible) and not crop:
         raise ValueError(f"{path}: frame {visible[0]}x{visible[1]} is not RGGB-aligned with height and width "
@@ -84,6 +93,17 @@ def read_input(path: Path, ratio: float, crop: bool = False, input_kind: str = "
     normalised = normalise_mosaic(mosaic[:height, :width], info, ratio, clip_input)
     network_input = pack_raw(normalised) if input_kind == "packed" else normalised[None]
     return torch.from_numpy(np.ascontiguousarray(network_input))[None]
+
+
+def camera_warning(path: Path, training_cameras) -> str | None:
+    """One line when `path` comes from a camera the network was not trained on (None when it did, or
+    when either camera is unknown)."""
+    camera = camera_name(path)
+    if not training_cameras or camera is None or camera in training_cameras:
+        return None
+    return (f"warning: {path.name} comes from {camera}, but the network was trained on "
+            f"{', '.join(training_cameras)}: expect colour casts; fine-tune it on short/long raw pairs from "
+            "your camera (data.dataset: pairs, docs/datasets.md)")
 
 
 def load_model(args, device):
@@ -242,10 +262,14 @@ def main(argv=None):
     device = torch.device(args.device)
     model = load_model(args, device)
     tile_size = args.tile_size or None
-    written = []
+    written, warned = [], set()
     try:
         for path, ratio, target in tqdm(list(zip(files, ratios, targets)), desc="enhance", unit="file",
                                         dynamic_ncols=True):
+            warning = camera_warning(path, getattr(model, "training_cameras", None))
+            if warning and camera_name(path) not in warned:  # once per camera, not once per file
+                warned.add(camera_name(path))
+                tqdm.write(warning, file=sys.stderr)
             network_input = read_input(path, ratio, args.crop, model.input_kind, getattr(model, "clip_input", False))
             rgb = enhance(model, network_input, device, tile_size, args.tile_overlap)
             write_bytes_atomic(target, encode_16bit(rgb, args.format))

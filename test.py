@@ -3,8 +3,9 @@
     python test.py --config configfile/demo_fp.yaml [--checkpoint PATH] [--split test|val]
                    [--tile-size 512 --tile-overlap 32] [--save-images] [--set key=value ...]
 
-Writes per_image.csv (file, ratio, PSNR, SSIM, mono PSNR/SSIM) and summary.json (overall and per
-exposure ratio: psnr_x100, ...; the data root and list) under
+Writes per_image.csv (file, ratio, group, PSNR, SSIM, mono PSNR/SSIM) and summary.json (overall and per
+exposure group: psnr_x100, ... on SID and camera pairs, psnr_0x00ff, ... (shutter widths) on MCR; the
+data root and list) under
 results/<experiment>/eval_<split>_<checkpoint name>/, never over the training run's own test_results/;
 an existing evaluation folder is kept unless --overwrite is given. Both files, and the printed table,
 name the metric mode (`val.metric_precision`) and the SSIM variant (`val.ssim`).

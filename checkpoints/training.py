@@ -95,6 +95,8 @@ class CheckpointSaver:
         self.folder = Path(folder)
         self.keep_best = keep_best
         self.model_state, self.quantized, self.config, self.grad_scaler = model_state, quantized, config, grad_scaler
+        # Stored in every checkpoint saved, beside the payload (e.g. data_cameras: the training data's cameras).
+        self.metadata: dict = {}
         if create:
             self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -145,7 +147,7 @@ class CheckpointSaver:
 
     def save_latest(self, payload: dict, epoch: int) -> Path:
         path = self.folder / f"latest_epoch{epoch:04d}.pth"
-        torch_save_atomic(payload, path)
+        torch_save_atomic({**payload, **self.metadata}, path)
         # Older "latest" files go only after the new one is safely on disk.
         for old in self.folder.glob("latest_epoch*.pth"):
             if old != path:
@@ -154,7 +156,7 @@ class CheckpointSaver:
 
     def save_best(self, payload: dict, epoch: int, psnr: float) -> Path:
         path = self.folder / f"best_epoch{epoch:04d}_psnr{psnr:.4f}.pth"
-        torch_save_atomic(payload, path)
+        torch_save_atomic({**payload, **self.metadata}, path)
         for _, old in self._best_files()[self.keep_best:]:
             old.unlink(missing_ok=True)
         return path

@@ -10,12 +10,18 @@ Entry layout, keyed by a hash of (absolute path, mtime, size) so an edited file 
     <key>.mosaic.json  black/white level, CFA pattern, source path
     <key>.rgb.npy      uint16 HxWx3 ground truth from postprocess(), cropped the same way
     <key>.rgb.json     source path and shape
+    <key>.mono.npy     uint16 HxW monochrome ground truth (MCR's Mono_GT), same crop as the mosaic
 Each .npy is written under a temporary name and renamed into place, and its .json is renamed in
 only after that, so the .json marks a complete entry and a crash never leaves a half entry.
 
 RGGB origin: the models (and SID's pack_raw) assume an R site at (0, 0). A file whose CFA pattern
 is shifted (GRBG, GBRG, BGGR) has its first column and/or row dropped; the ground truth is cropped
 by the same offset, and both are cut to even sizes, so mosaic and RGB stay aligned 1:1.
+
+8-bit image files (MCR's TIFF mosaics, JPEG/TIFF ground truths; IMAGE_SUFFIXES) are read as images,
+not raws: a mosaic is taken as RGGB with black 0 and white 255 (MCR's convention: the authors divide
+by 255 with no black level) and ground truths are widened to uint16 by x257, so that /65535 in the
+loaders is exactly /255.
 """
 
 from __future__ import annotations
@@ -70,10 +76,14 @@ def ground_truth_postprocess(raw) -> np.ndarray:
 
 def cfa_pattern(raw, path: Path) -> str:
     """The 2x2 CFA pattern at the origin of raw_image_visible, e.g. 'RGGB'."""
-    pattern = np.asarray(raw.raw_pattern)
+    pattern = None if raw.raw_pattern is None else np.asarray(raw.raw_pattern)
     description = raw.color_desc.decode("ascii", errors="replace")
-    if pattern.shape != (2, 2):
-        raise ValueError(f"{path}: not a 2x2 Bayer sensor (CFA pattern shape {pattern.shape})")
+    if pattern is None or pattern.shape != (2, 2):
+        sensor = ("an X-Trans sensor (6x6 colour filter pattern)" if pattern is not None and pattern.shape == (6, 6)
+                  else "a sensor without a Bayer colour filter array (Foveon, or a demosaiced/linear DNG)"
+                  if pattern is None or pattern.ndim != 2 else f"a {pattern.shape[0]}x{pattern.shape[1]} colour filter pattern")
+        raise ValueError(f"{path}: {sensor} is not supported: the networks take a 2x2 Bayer mosaic "
+                         "(RGGB, BGGR, GRBG or GBRG)")
     letters = "".join(description[index] for index in pattern.ravel())
     if sorted(letters) != ["B", "G", "G", "R"]:
         raise ValueError(f"{path}: unsupported CFA pattern {letters!r} (need a Bayer R/G/G/B pattern)")
@@ -118,9 +128,71 @@ def one_line_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
+# 255 * 257 = 65535: an 8-bit value v stored as v * 257 reads back as v / 255 after / 65535.
+EIGHT_TO_SIXTEEN_BITS = 257
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """An 8-bit image (read with tifffile / Pillow), not a camera raw (read with rawpy)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_8bit_image(path: Path) -> np.ndarray:
+    """uint8 HxW or HxWxC. tifffile for TIFF (MCR's mosaics are plain 8-bit TIFFs), Pillow otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+            image = tifffile.imread(path)
+        else:
+            from PIL import Image
+            with Image.open(path) as opened:
+                image = np.asarray(opened)
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file, said in one line
+        raise ValueError(f"cannot read image file {path}: {one_line_error(error)}") from None
+    if image.dtype != np.uint8:
+        raise ValueError(f"{path}: expected an 8-bit image, got {image.dtype}")
+    return image
+
+
+def _decode_image_mosaic(path: Path) -> tuple[np.ndarray, dict]:
+    image = read_8bit_image(path)
+    if image.ndim != 2:
+        raise ValueError(f"{path}: expected a one-channel 8-bit Bayer mosaic, got shape {image.shape}")
+    rows, columns = _aligned_window(image.shape, (0, 0))
+    mosaic = np.ascontiguousarray(image[rows, columns], dtype=np.uint16)
+    return mosaic, {"source": str(path), "shape": list(mosaic.shape), "black_level": 0.0,
+                    "black_level_per_channel": [0.0] * 4, "white_level": 255.0, "pattern": TARGET_PATTERN,
+                    "source_pattern": TARGET_PATTERN, "origin_offset": [0, 0]}
+
+
+def _decode_image_rgb(path: Path) -> tuple[np.ndarray, dict]:
+    image = read_8bit_image(path)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{path}: expected an 8-bit RGB ground truth, got shape {image.shape}")
+    rows, columns = _aligned_window(image.shape, (0, 0))
+    rgb = np.ascontiguousarray(image[rows, columns], dtype=np.uint16) * np.uint16(EIGHT_TO_SIXTEEN_BITS)
+    return rgb, {"source": str(path), "shape": list(rgb.shape), "origin_offset": [0, 0]}
+
+
+def _decode_mono(path: Path) -> tuple[np.ndarray, dict]:
+    image = read_8bit_image(path)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"{path}: expected a one-channel 8-bit monochrome ground truth, got shape {image.shape}")
+    rows, columns = _aligned_window(image.shape, (0, 0))
+    mono = np.ascontiguousarray(image[rows, columns], dtype=np.uint16) * np.uint16(EIGHT_TO_SIXTEEN_BITS)
+    return mono, {"source": str(path), "shape": list(mono.shape), "origin_offset": [0, 0]}
+
+
 def _decode_mosaic(path: Path) -> tuple[np.ndarray, dict]:
     import rawpy
 
+    if is_image_file(path):
+        return _decode_image_mosaic(path)
     with open_raw(path) as raw:
         try:
             pattern = cfa_pattern(raw, path)
@@ -165,6 +237,8 @@ def _warn_if_constant(mosaic: np.ndarray, path: Path) -> None:
 def _decode_rgb(path: Path) -> tuple[np.ndarray, dict]:
     import rawpy
 
+    if is_image_file(path):
+        return _decode_image_rgb(path)
     with open_raw(path) as raw:
         try:
             offset = rggb_origin_offset(cfa_pattern(raw, path), path)
@@ -186,7 +260,7 @@ def _decode_rgb(path: Path) -> tuple[np.ndarray, dict]:
     return rgb, {"source": str(path), "shape": list(rgb.shape), "origin_offset": list(offset)}
 
 
-_DECODERS = {"mosaic": _decode_mosaic, "rgb": _decode_rgb}
+_DECODERS = {"mosaic": _decode_mosaic, "rgb": _decode_rgb, "mono": _decode_mono}
 
 
 def _temporary_path(final: Path) -> Path:
@@ -279,17 +353,22 @@ class RawCache:
         """Ground-truth RGB (uint16 HxWx3) of a long-exposure file, decoded now if not cached."""
         return self._load(path, "rgb")[0]
 
+    def mono(self, path: str | os.PathLike) -> np.memmap:
+        """Monochrome ground truth (uint16 HxW) of an 8-bit grey image, decoded now if not cached."""
+        return self._load(path, "mono")[0]
+
     def build(
         self,
         input_paths: Iterable[str | os.PathLike],
         gt_paths: Iterable[str | os.PathLike],
         workers: int = 2,
+        mono_paths: Iterable[str | os.PathLike] = (),
     ) -> int:
-        """Decodes every file not yet cached (inputs as mosaics, ground truths as RGB) and
-        returns how many were decoded. workers=0 decodes in this process."""
+        """Decodes every file not yet cached (inputs as mosaics, ground truths as RGB, mono_paths as
+        monochrome ground truths) and returns how many were decoded. workers=0 decodes in this process."""
         jobs = []
         seen = set()
-        for kind, paths in (("mosaic", input_paths), ("rgb", gt_paths)):
+        for kind, paths in (("mosaic", input_paths), ("rgb", gt_paths), ("mono", mono_paths)):
             for path in paths:
                 path = Path(path).absolute()
                 if (kind, path) in seen:

@@ -7,6 +7,10 @@ without the ratio, packed (4, H/2, W/2) as pack_raw, for networks with a denoise
 long exposure's raw is then decoded into the cache on first use. Targets are the cached postprocess() RGB / 65535 and its
 luma (0.2989 R + 0.5870 G + 0.1140 B). Datasets hold only pairs and a RawCache and read crops from
 memory maps opened per item, so memory stays flat however many pairs are listed.
+
+The two datasets here (SIDTrainDataset, SIDEvalDataset) serve every data set of data/datasets.py:
+a pair needs short_path, long_path, name, ratio (the amplification), group (its column in per-ratio
+tables) and mono_path (a real monochrome ground truth, as MCR has; None = the RGB's luma).
 """
 
 from __future__ import annotations
@@ -58,6 +62,22 @@ class SIDPair:
     ratio: float
     iso: str
     aperture: str
+
+    @property
+    def group(self) -> str:
+        """The pair's column in per-ratio tables: x100, x250, x300."""
+        return ratio_group(self.ratio)
+
+    @property
+    def mono_path(self) -> None:
+        return None  # SID's mono target is the luma of the RGB ground truth
+
+
+def ratio_group(ratio: float) -> str:
+    """A ratio's table label: x100, x250, x300 on SID. A ratio from exposure times is rarely round
+    (10 s / 0.033 s = 303.03), so it is rounded to a whole number (one decimal below 10)."""
+    ratio = float(ratio)
+    return f"x{round(ratio, 1) if ratio < 10 else round(ratio):g}"
 
 
 def _parse_name(path_text: str) -> tuple[int, int, float] | None:
@@ -188,13 +208,16 @@ def pack_raw(mosaic: np.ndarray) -> np.ndarray:
 
 def _sample(
     input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, input_kind: str, name: str,
-    long_patch=None, long_info=None, clip_input: bool = False,
+    long_patch=None, long_info=None, clip_input: bool = False, mono_patch: np.ndarray | None = None,
 ) -> dict:
     mosaic = normalise_mosaic(input_patch, info, ratio, clip_input)
     network_input = pack_raw(mosaic) if input_kind == "packed" else mosaic[None]
     rgb = np.ascontiguousarray(np.moveaxis(rgb_patch, 2, 0)).astype(np.float32)
     rgb /= np.float32(65535.0)
-    mono = LUMA_WEIGHTS[0] * rgb[0] + LUMA_WEIGHTS[1] * rgb[1] + LUMA_WEIGHTS[2] * rgb[2]
+    if mono_patch is None:
+        mono = LUMA_WEIGHTS[0] * rgb[0] + LUMA_WEIGHTS[1] * rgb[1] + LUMA_WEIGHTS[2] * rgb[2]
+    else:
+        mono = np.asarray(mono_patch, dtype=np.float32) / np.float32(65535.0)
     return {
         "input": torch.from_numpy(np.ascontiguousarray(network_input)),
         "rgb": torch.from_numpy(rgb),
@@ -207,7 +230,7 @@ def _sample(
 
 
 def _raw_sample(input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch: np.ndarray, name: str,
-                long_patch=None, long_info=None) -> dict:
+                long_patch=None, long_info=None, mono_patch: np.ndarray | None = None) -> dict:
     """What a loader worker ships: the uint16 patches and the two numbers that normalise the input
     (a quarter of the bytes of the float sample); finish_batch does the arithmetic on the device."""
     long_entries = {} if long_patch is None else {
@@ -215,8 +238,11 @@ def _raw_sample(input_patch: np.ndarray, info: RawInfo, ratio: float, rgb_patch:
         "long_black": torch.tensor(np.float32(long_info.black_level)),
         "long_factor": torch.tensor(np.float32(1.0 / (long_info.white_level - long_info.black_level))),
     }
+    mono_entries = {} if mono_patch is None else {
+        "mono_raw": torch.from_numpy(np.ascontiguousarray(mono_patch, dtype=np.uint16))}
     return {
         **long_entries,
+        **mono_entries,
         "input_raw": torch.from_numpy(np.ascontiguousarray(input_patch, dtype=np.uint16)),
         "rgb_raw": torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb_patch, 2, 0), dtype=np.uint16)),
         "black": torch.tensor(np.float32(info.black_level)),
@@ -252,7 +278,10 @@ def finish_batch(batch: dict, input_kind: str, device=None, clip_input: bool = F
     # A device tensor as divisor: CUDA divides by a host scalar as a multiply by its reciprocal,
     # which is not always the quotient numpy computes.
     rgb = moved("rgb_raw").float() / torch.tensor(65535.0, device=device)
-    mono = LUMA_WEIGHTS[0] * rgb[:, 0] + LUMA_WEIGHTS[1] * rgb[:, 1] + LUMA_WEIGHTS[2] * rgb[:, 2]
+    if "mono_raw" in batch:
+        mono = moved("mono_raw").float() / torch.tensor(65535.0, device=device)
+    else:
+        mono = LUMA_WEIGHTS[0] * rgb[:, 0] + LUMA_WEIGHTS[1] * rgb[:, 1] + LUMA_WEIGHTS[2] * rgb[:, 2]
     finished = {"input": network_input.contiguous(), "rgb": rgb, "mono": mono[:, None], "ratio": moved("ratio")}
     if "long_raw" in batch:
         long_scaled = moved("long_raw").float() - moved("long_black").view(-1, 1, 1)
@@ -266,14 +295,18 @@ def _check_input_kind(input_kind: str) -> None:
         raise ValueError(f"unknown input_kind {input_kind!r}; choices: {', '.join(INPUT_KINDS)}")
 
 
-def _open_pair(cache: RawCache, pair: SIDPair) -> tuple[np.memmap, RawInfo, np.memmap]:
+def _open_pair(cache: RawCache, pair: SIDPair) -> tuple[np.memmap, RawInfo, np.memmap, np.memmap | None]:
     mosaic, info = cache.mosaic(pair.short_path)
     rgb = cache.rgb(pair.long_path)
     if mosaic.shape != rgb.shape[:2]:
         raise ValueError(
             f"{pair.short_path}: mosaic {mosaic.shape} and ground truth {pair.long_path} {rgb.shape[:2]} differ in size"
         )
-    return mosaic, info, rgb
+    mono = None if pair.mono_path is None else cache.mono(pair.mono_path)
+    if mono is not None and mono.shape != mosaic.shape:
+        raise ValueError(
+            f"{pair.short_path}: mosaic {mosaic.shape} and mono ground truth {pair.mono_path} {mono.shape} differ in size")
+    return mosaic, info, rgb, mono
 
 
 def _open_long_raw(cache: RawCache, pair: SIDPair, shape) -> tuple[np.memmap, RawInfo]:
@@ -342,10 +375,10 @@ class SIDTrainDataset(Dataset):
         """The patch whose window in the frame starts at (top, left); an offset must be even on
         an unflipped axis and odd on a flipped one (see the class docstring)."""
         pair = self.pairs[index]
-        mosaic, info, rgb = _open_pair(self.cache, pair)
-        return self._crop(pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose)
+        mosaic, info, rgb, mono = _open_pair(self.cache, pair)
+        return self._crop(pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose, mono)
 
-    def _crop(self, pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose) -> dict:
+    def _crop(self, pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose, mono=None) -> dict:
         size = self.patch_size
         height, width = mosaic.shape
         for label, offset, flipped, extent in (("top", top, flip_vertical, height), ("left", left, flip_horizontal, width)):
@@ -360,24 +393,29 @@ class SIDTrainDataset(Dataset):
         if self.raw_target:
             long_mosaic, long_info = _open_long_raw(self.cache, pair, mosaic.shape)
             long_patch = np.array(long_mosaic[top : top + size, left : left + size])
+        # The mono target, when the data set has one, gets the same window and operations as the mosaic.
+        mono_patch = None if mono is None else np.array(mono[top : top + size, left : left + size])
         if flip_vertical:
             input_patch, rgb_patch = input_patch[::-1], rgb_patch[::-1]
             long_patch = None if long_patch is None else long_patch[::-1]
+            mono_patch = None if mono_patch is None else mono_patch[::-1]
         if flip_horizontal:
             input_patch, rgb_patch = input_patch[:, ::-1], rgb_patch[:, ::-1]
             long_patch = None if long_patch is None else long_patch[:, ::-1]
+            mono_patch = None if mono_patch is None else mono_patch[:, ::-1]
         if transpose:
             input_patch, rgb_patch = input_patch.T, rgb_patch.transpose(1, 0, 2)
             long_patch = None if long_patch is None else long_patch.T
+            mono_patch = None if mono_patch is None else mono_patch.T
         if self.output_raw:
-            return _raw_sample(input_patch, info, pair.ratio, rgb_patch, pair.name, long_patch, long_info)
+            return _raw_sample(input_patch, info, pair.ratio, rgb_patch, pair.name, long_patch, long_info, mono_patch)
         return _sample(input_patch, info, pair.ratio, rgb_patch, self.input_kind, pair.name, long_patch, long_info,
-                       self.clip_input)
+                       self.clip_input, mono_patch)
 
     def __getitem__(self, index) -> dict:
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         pair = self.pairs[index]
-        mosaic, info, rgb = _open_pair(self.cache, pair)
+        mosaic, info, rgb, mono = _open_pair(self.cache, pair)
         height, width = mosaic.shape
         size = self.patch_size
         if height < size or width < size:
@@ -401,7 +439,7 @@ class SIDTrainDataset(Dataset):
             return first + 2 * int(torch.randint(0, choices, (), generator=generator).item())
 
         top, left = offset(height, flip_vertical), offset(width, flip_horizontal)
-        return self._crop(pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose)
+        return self._crop(pair, mosaic, info, rgb, top, left, flip_vertical, flip_horizontal, transpose, mono)
 
 
 class SIDEvalDataset(Dataset):
@@ -421,7 +459,7 @@ class SIDEvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         pair = self.pairs[index]
-        mosaic, info, rgb = _open_pair(self.cache, pair)
+        mosaic, info, rgb, mono = _open_pair(self.cache, pair)
         height = mosaic.shape[0] // EVAL_MULTIPLE * EVAL_MULTIPLE
         width = mosaic.shape[1] // EVAL_MULTIPLE * EVAL_MULTIPLE
         if height == 0 or width == 0:
@@ -431,8 +469,9 @@ class SIDEvalDataset(Dataset):
             long_mosaic, long_info = _open_long_raw(self.cache, pair, mosaic.shape)
             long_patch = long_mosaic[:height, :width]
         sample = _sample(mosaic[:height, :width], info, pair.ratio, rgb[:height, :width], self.input_kind, pair.name,
-                         long_patch, long_info, self.clip_input)
+                         long_patch, long_info, self.clip_input, None if mono is None else mono[:height, :width])
         sample["short_path"] = str(pair.short_path)
+        sample["group"] = pair.group
         return sample
 
 
@@ -458,3 +497,27 @@ def develop_short_exposure_baseline(short_path: str | os.PathLike, ratio: float)
     rows = slice(offset[0], offset[0] + (rgb.shape[0] - offset[0]) // 2 * 2)
     columns = slice(offset[1], offset[1] + (rgb.shape[1] - offset[1]) // 2 * 2)
     return rgb[rows, columns].astype(np.float32) / np.float32(65535.0)
+
+
+def read_split(root: str | os.PathLike, list_name: str | os.PathLike) -> list[SIDPair]:
+    """Every pair of a list ('train' / 'val' / 'test' or a file name under root)."""
+    return read_list(resolve_list_file(root, list_name), root)
+
+
+def cameras(pairs: Sequence) -> list[str]:
+    """The cameras (make and model) the pairs' inputs come from, as checkpoints record them."""
+    from data.raw_metadata import camera_name
+
+    return sorted({name for path in dict.fromkeys(pair.short_path for pair in pairs) if (name := camera_name(path))})
+
+
+def baseline_image(pair) -> np.ndarray:
+    """The naive baseline of a pair (float32 HxWx3 in [0, 1], cache coordinates)."""
+    return develop_short_exposure_baseline(pair.short_path, pair.ratio)
+
+
+def check_pair_sizes(pairs: Sequence, cache: RawCache) -> None:
+    """Every pair's input and ground truths (decoded in the cache) have the same size: a mismatch stops
+    before training, in one line naming the files, rather than at the first batch that draws it."""
+    for pair in pairs:
+        _open_pair(cache, pair)

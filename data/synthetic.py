@@ -346,11 +346,13 @@ def write_dng(
     black_level: int = BLACK_LEVEL,
     white_level: int = WHITE_LEVEL,
     pattern: str = "RGGB",
+    camera: tuple[str, str] | None = None,
 ) -> Path:
     """Writes a uint16 Bayer mosaic as an uncompressed DNG, atomically (temp name + os.replace).
 
     pattern is the CFA layout at the mosaic's origin; other than RGGB it is only useful to test
-    readers on shifted patterns (SID's files are RGGB).
+    readers on shifted patterns (SID's files are RGGB). camera: (make, model) tags, to stand in for
+    another camera (default: the stand-in's own).
 
     Samples are stored as 16 bits holding 14-bit values: pidng's 14-bit packer (pack14) strides
     over the input in steps of 6 pixels instead of 4 and produces garbage.
@@ -395,9 +397,10 @@ def write_dng(
     tags.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
     # LibRaw turns AsShotNeutral into camera multipliers 1 / neutral.
     tags.set(Tag.AsShotNeutral, [_rational(1.0 / gain) for gain in white_balance_gains])
-    tags.set(Tag.Make, "lowlight-qat")
     # Not "SONY" / "ILCE-7S": LibRaw would then apply its per-maker quirks for real ARW files.
-    tags.set(Tag.Model, "synthetic SID stand-in (Sony ILCE-7S)")
+    make, model = camera or ("lowlight-qat", "synthetic SID stand-in (Sony ILCE-7S)")
+    tags.set(Tag.Make, make)
+    tags.set(Tag.Model, model)
     tags.set(Tag.UniqueCameraModel, "lowlight-qat synthetic SID stand-in (Sony ILCE-7S)")
     tags.set(Tag.ExposureTime, [_rational(exposure_time)])
     tags.set(Tag.FNumber, [_rational(f_number)])

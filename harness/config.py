@@ -45,9 +45,23 @@ class SyntheticDataConfig(Section):
     bursts: int = 2
 
 
+# What `data.dataset` changes when the file leaves these keys unset (docs/datasets.md).
+DATASET_DEFAULTS = {
+    "sid": {},
+    # The authors' split lists; MCR has no validation split, its authors validated on the test list.
+    "mcr": {"root": "data/synthetic_mcr", "train_list": "train", "val_list": "val", "test_list": "test",
+            "val_protocol": "all", "test_protocol": "all"},
+    "pairs": {"root": "data/synthetic_pairs", "train_list": "train.csv", "val_list": "val.csv",
+              "test_list": "test.csv", "val_protocol": "all", "test_protocol": "all"},
+}
+
+
 class DataConfig(Section):
-    """Where the SID-format data lies, which pairs each split uses, and how training crops are drawn."""
-    root: str = "data/synthetic_sid"  # holds Sony/short, Sony/long and the Sony_*_list.txt files
+    """Where the data set lies, which pairs each split uses, and how training crops are drawn."""
+    # sid: SID Sony (data/sid.py); mcr: the DBF/DBLE authors' MCR (data/mcr.py); pairs: your own camera's
+    # short/long raw pairs listed in CSV files (data/pairs.py). docs/datasets.md says how to point at each.
+    dataset: Literal["sid", "mcr", "pairs"] = "sid"
+    root: str = "data/synthetic_sid"  # holds Sony/short, Sony/long and the Sony_*_list.txt files (SID)
     # null for real SID; a mapping here makes the run generate the stand-in at `root` if it is absent.
     synthetic: Optional[SyntheticDataConfig] = Field(default_factory=SyntheticDataConfig)
     train_list: str = "Sony_train_list.txt"  # SID list files, relative to root
@@ -72,6 +86,22 @@ class DataConfig(Section):
     max_train_pairs: Optional[int] = None  # null: all; a number caps the split (debug, quick checks)
     max_val_pairs: Optional[int] = None
     max_test_pairs: Optional[int] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_defaults(cls, values):
+        if isinstance(values, dict) and values.get("dataset") in DATASET_DEFAULTS:
+            return {**DATASET_DEFAULTS[values["dataset"]], **values}
+        return values
+
+    @model_validator(mode="after")
+    def _protocols_of_dataset(self):
+        if self.dataset != "sid":
+            for key in ("train_protocol", "val_protocol", "test_protocol"):
+                if getattr(self, key) != "all":
+                    raise ValueError(f"{key}: {getattr(self, key)} is a SID protocol; dataset {self.dataset} "
+                                     "has only 'all' (every listed pair)")
+        return self
 
     @field_validator("num_workers", mode="before")
     @classmethod

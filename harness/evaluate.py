@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from helpers.files import write_bytes_atomic
 from helpers.metrics import psnr, ssim, to_image
-from helpers.ratios import means_by_ratio
+from helpers.ratios import means_by_ratio, ratio_label
 from models import model_outputs, split_outputs
 
 # Five 2x max-poolings separate the DBF/DBLE input from its coarsest features (four after the
@@ -320,6 +320,7 @@ def evaluate(model, dataset, device, ssim_variant="skimage", tile_size=None, ove
             prediction = rgb[0].float().clamp(0, 1).cpu()
             target = item["rgb"]
             row = {"file": Path(item.get("short_path", item["name"])).name, "ratio": float(item["ratio"]),
+                   "group": item.get("group") or ratio_label(item["ratio"]),
                    "psnr": psnr(prediction, target, metric_precision),
                    "ssim": ssim(prediction, target, ssim_variant, metric_precision)}
             if mono is not None and "mono" in item:

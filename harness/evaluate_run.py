@@ -17,8 +17,8 @@ from helpers.metrics import psnr, ssim
 from helpers.ratios import means_by_ratio
 from harness.records import format_table
 from checkpoints.safe_load import load_torch_file
-from harness.setup import (build_eval_dataset, build_float_model, check_split_lists, ensure_data, resolve_device,
-                        split_selection)
+from harness.setup import (build_eval_dataset, build_float_model, check_split_lists, data_source, ensure_data,
+                           resolve_device, split_selection)
 from data.sid import develop_short_exposure_baseline
 from models import input_kind
 from checkpoints.weights import load_state
@@ -59,15 +59,19 @@ def load_network(config: Config, checkpoint_path, device):
     else:
         model = build_float_model(trained_with)
         load_state(model, payload, checkpoint_path)
+    # The cameras of the training data (None: weights from elsewhere, or an older checkpoint).
+    model.training_cameras = payload.get("data_cameras") if isinstance(payload, dict) else None
     return model.to(device).eval()
 
 
-def baseline_rows(dataset, ssim_variant, metric_precision="float"):
-    """The naive baseline: the short exposure amplified by the ratio and developed by rawpy."""
+def baseline_rows(dataset, ssim_variant, metric_precision="float", develop=None):
+    """The naive baseline: the short exposure amplified by the ratio and developed by rawpy (`develop`:
+    a data set's own baseline_image, data/datasets.py)."""
+    develop = develop or (lambda pair: develop_short_exposure_baseline(pair.short_path, pair.ratio))
     rows = []
     for pair in dataset.pairs:
         target = np.asarray(dataset.cache.rgb(pair.long_path), dtype=np.float32) / 65535.0
-        developed = develop_short_exposure_baseline(pair.short_path, pair.ratio)
+        developed = develop(pair)
         height, width = (min(a, b) // 32 * 32 for a, b in zip(target.shape[:2], developed.shape[:2]))
         target, developed = target[:height, :width], developed[:height, :width]
         rows.append({"baseline_psnr": psnr(developed, target, metric_precision),
@@ -94,7 +98,7 @@ def evaluate_checkpoint(config: Config, checkpoint_path, split="test", device=No
               "checkpoint": str(checkpoint_path), "data_root": str(Path(config.data.root).resolve()),
               "list": str(list_name)}
     if with_baseline:
-        for row, extra in zip(rows, baseline_rows(dataset, variant, precision)):
+        for row, extra in zip(rows, baseline_rows(dataset, variant, precision, data_source(config).baseline_image)):
             row.update(extra)
         report["baseline_psnr"] = float(np.mean([r["baseline_psnr"] for r in rows]))
         report["baseline_ssim"] = float(np.mean([r["baseline_ssim"] for r in rows]))
@@ -121,7 +125,7 @@ def _report_table(report, with_baseline):
     line.update({f"PSNR {ratio} ({report[f'images_{ratio}']})": report[f"psnr_{ratio}"] for ratio in ratios})
     table = [line]
     if with_baseline:
-        baseline = {"method": "naive baseline (amplified short exposure, rawpy)", "PSNR (dB)": report["baseline_psnr"],
+        baseline = {"method": "naive baseline (amplified short exposure)", "PSNR (dB)": report["baseline_psnr"],
                     ssim_column: report["baseline_ssim"]}
         baseline.update({f"PSNR {ratio} ({report[f'images_{ratio}']})": report[f"baseline_psnr_{ratio}"]
                          for ratio in ratios})

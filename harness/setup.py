@@ -9,10 +9,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from harness.config import Config, ConfigError
+from data.datasets import dataset_module
 from data.raw_cache import RawCache
-from data.sid import (SIDEvalDataset, SIDTrainDataset, finish_batch, prepare_split, read_list, resolve_list_file,
-                      select_pairs, select_training_pairs)
+from data.sid import SIDEvalDataset, SIDTrainDataset, finish_batch, read_list, resolve_list_file, select_training_pairs
 from data.synthetic import generate_synthetic_sid
+from data.synthetic_mcr import generate_synthetic_mcr, write_synthetic_pairs_lists
 from models import build_model, declared_outputs, input_kind as network_input_kind
 from checkpoints.weights import load_weights
 
@@ -41,11 +42,22 @@ def resolve_device(config: Config, local_rank=None) -> torch.device:
 
 
 def ensure_data(config: Config) -> Path:
-    """The embedded stand-in is generated on first use; real SID is used as it is."""
+    """The embedded stand-in of the config's data set is generated on first use; real data is used as it is.
+    `pairs` gets the SID stand-in's DNGs listed in pairs CSVs (ratios from their exposure times)."""
     root = Path(config.data.root)
     if config.data.synthetic is not None:
-        generate_synthetic_sid(root, **config.data.synthetic.model_dump())
+        if config.data.dataset == "mcr":
+            generate_synthetic_mcr(root, **config.data.synthetic.model_dump())
+        else:
+            generate_synthetic_sid(root, **config.data.synthetic.model_dump())
+            if config.data.dataset == "pairs":
+                write_synthetic_pairs_lists(root)
     return root
+
+
+def data_source(config: Config):
+    """The data/ module of `data.dataset` (data/datasets.py lists what each provides)."""
+    return dataset_module(config.data.dataset)
 
 
 def _cache_dir(config: Config) -> Path:
@@ -65,15 +77,16 @@ def split_selection(config: Config, split: str):
         "val": (data.val_list, data.val_protocol, data.max_val_pairs),
         "test": (data.test_list, data.test_protocol, data.max_test_pairs),
     }[split]
-    return list_name, protocol, data.exclude_misaligned and split != "train", limit
+    # Misaligned scenes are SID's (data/sid.py: MISALIGNED_SCENES); other data sets have none listed.
+    return list_name, protocol, data.exclude_misaligned and split != "train" and data.dataset == "sid", limit
 
 
 def split_pairs(config: Config, split: str):
     if split == "train" and config.data.train_protocol != "all":
         return _protocol_training_pairs(config)
     list_name, protocol, exclude, limit = split_selection(config, split)
-    return prepare_split(config.data.root, list_name, protocol, exclude, _cache_dir(config),
-                         config.data.decode_workers, limit)
+    return data_source(config).prepare_split(config.data.root, list_name, protocol, exclude, _cache_dir(config),
+                                             config.data.decode_workers, limit)
 
 
 def check_split_lists(config: Config, splits=("train", "val", "test")) -> None:
@@ -84,8 +97,9 @@ def check_split_lists(config: Config, splits=("train", "val", "test")) -> None:
             _protocol_training_pairs(config, decode=False)
             continue
         list_name, protocol, exclude, _ = split_selection(config, split)
-        list_file = resolve_list_file(config.data.root, list_name)
-        if not select_pairs(read_list(list_file, config.data.root), protocol, exclude):
+        source = data_source(config)
+        list_file = source.resolve_list_file(config.data.root, list_name)
+        if not source.select_pairs(source.read_split(config.data.root, list_name), protocol, exclude):
             raise ConfigError(f"data.{split}_list: {list_file} has no pair under protocol {protocol!r}")
 
 

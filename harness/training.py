@@ -32,7 +32,8 @@ from harness.evaluate_run import evaluate_checkpoint
 from harness.export_run import export_run
 from harness.loss import task_loss
 from harness.records import MetricsLog
-from harness.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, ensure_data,
+from harness.setup import (build_eval_dataset, build_float_model, build_train_loader, check_split_lists, data_source,
+                           ensure_data,
                            resolve_device)
 from harness.speed import Speed
 from helpers.files import (check_writable, remove_folder, remove_stale_temporaries, safetensors_metadata,
@@ -349,6 +350,8 @@ def prepare_data_and_folder(config, ddp, device, saver, replace_run, checkpoint_
     train_loader = build_train_loader(config, input_kind, config.seed, ddp.rank, ddp.world_size, device)
     if ddp.is_main:
         ddp.barrier()
+        # Checkpoints name the camera(s) they were trained on: enhance.py warns about files from another.
+        saver.metadata["data_cameras"] = data_source(config).cameras(train_loader.dataset.pairs)
     val_set = build_eval_dataset(config, "val", input_kind) if ddp.is_main else None
     return train_loader, val_set
 

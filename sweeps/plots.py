@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers.files import read_csv, write_bytes_atomic
+from helpers.ratios import group_columns
 from sweeps.summary import run_scores
 
 SWEEP_FIGURES = ("best_psnr.png", "psnr_curves.png", "test_psnr_per_ratio.png")
@@ -134,8 +135,7 @@ def plot_sweep(sweep, variants, rows, finished, results_dir: Path) -> None:
     save(figure, "psnr_curves.png")
 
     # test_psnr_per_ratio.png
-    ratios = list(dict.fromkeys(k.removeprefix("test_psnr_") for r in rows for k in r
-                                if k.startswith("test_psnr_x") and not k.endswith("_std")))
+    ratios = group_columns(rows, "test_psnr_")
     panels = [("all images", "test_psnr")] + [(ratio, f"test_psnr_{ratio}") for ratio in ratios]
     figure, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 0.7 * len(shown) + 2) * len(panels) * 0.7, 3.8),
                                 squeeze=False)

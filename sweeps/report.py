@@ -3,6 +3,7 @@ difference to the reference with its CI), written as summary.csv and summary.md,
 import math
 from pathlib import Path
 
+from helpers.ratios import group_columns
 from helpers.files import write_csv_atomic, write_text_atomic
 from quant.cost import sweep_cost_columns
 from sweeps.plots import plot_sweep
@@ -73,8 +74,7 @@ def _difference_text(row, metric="psnr", digits=3) -> str:
 def display_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
     """The table people read (printed and in summary.md): mean ± std over seeds, test PSNR per ratio,
     the difference to the reference with its 95% CI."""
-    ratios = list(dict.fromkeys(k.removeprefix("test_psnr_") for r in rows for k in r
-                                if k.startswith("test_psnr_x") and not k.endswith("_std")))
+    ratios = group_columns(rows, "test_psnr_")
     table = []
     for row in rows:
         line = {"variant": row["variant"], "seeds": row["seeds"],

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats
 
 from helpers.files import read_csv
-from helpers.ratios import means_by_ratio
+from helpers.ratios import is_group_label, means_by_ratio
 
 CONFIDENCE = 0.95
 
@@ -73,7 +73,7 @@ def variant_row(runs_by_seed: dict) -> dict:
     for key in keys:
         values = [s[key] for s in per_run if s.get(key) is not None and not math.isnan(s[key])]
         row[key] = _mean(values)
-        if not key.rpartition("_x")[2].isdigit():  # per-ratio columns: means only, to keep tables readable
+        if not is_group_label(key.rpartition("_")[2]):  # per-ratio columns: means only, to keep tables readable
             row[f"{key}_std"] = _std(values)
     row["best_epoch"] = ",".join(str(s["best_epoch"]) for s in per_run)
     first = next(iter(runs_by_seed.values()))["summary"]
