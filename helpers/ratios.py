@@ -43,9 +43,9 @@ def means_by_ratio(rows: list[dict], keys=("psnr", "ssim")) -> dict:
     """{'psnr_x100': mean, ..., 'images_x100': n} over the rows of each group (ratio or exposure group),
     in table order. The image-weighted average of the per-group means is the overall mean."""
     means = {}
-    # Images without a group or a known ratio (NaN, e.g. API batches without one) count only in the
-    # overall means.
-    labels = {group_of(row) for row in rows if row.get("group") or not math.isnan(float(row["ratio"]))}
+    # Images without a group or a known ratio (NaN, e.g. API batches without one: "xnan") count only
+    # in the overall means.
+    labels = {label for label in map(group_of, rows) if is_group_label(label)}
     for label in sorted(labels, key=group_sort_key):
         selected = [row for row in rows if group_of(row) == label]
         for key in keys:
