@@ -136,21 +136,11 @@ def main():
     if args.extra:
         per_tensor = {**W8A8_LSQ, "weight": {**W8A8_LSQ["weight"], "per_channel": False}}
         variants["harness, per-tensor weights"] = harness(fresh(), x, per_tensor, special)
-    wall = {name: [] for name in variants}
-    cpu = {name: [] for name in variants}
-    for round_index in range(args.warmup + args.steps):
-        for name, (model, optimizer) in variants.items():
-            elapsed, cpu_elapsed = step(model, optimizer, x, mono_target, rgb_target)
-            if round_index >= args.warmup:
-                wall[name].append(elapsed)
-                cpu[name].append(cpu_elapsed)
+    wall, cpu = interleaved_steps(variants, args, x, mono_target, rgb_target)
     print(f"one training step, DBF/DBLE width {args.width}, batch {args.batch} x {args.size}x{args.size}, "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} ({args.threads} CPU threads), "
           f"{args.steps} steps after {args.warmup} warm-up")
-    print(f"  {'variant':<36} {'wall median':>11} {'wall best':>10} {'CPU median':>11}")
-    for name in variants:
-        print(f"  {name:<36} {statistics.median(wall[name]) * 1e3:9.0f}ms {min(wall[name]) * 1e3:8.0f}ms "
-              f"{statistics.median(cpu[name]) * 1e3:9.0f}ms")
+    print_step_times(wall, cpu, 36)
     # On a shared machine other processes only ever add time: the best wall step is the least
     # disturbed one, and CPU time ignores the waiting (not the cache sharing).
     for label, table in (("wall median", {n: statistics.median(v) for n, v in wall.items()}),
@@ -162,11 +152,9 @@ def main():
               f"with MQBench's quantizer set {table[SAME_SET] / table['bare MQBench W8A8']:.3f}x (target <= 1.05x); "
               f"sync-free LSQ / MQBench's class {table['harness W8A8 + special'] / table[MQBENCH_CLASS]:.3f}x")
 
-def compare_engines(args, fresh, float_model, x, mono_target, rgb_target, special):
-    """One QAT step per engine, interleaved in the same run (so the ratio is of one machine state)."""
-    variants = {"float": (float_model, torch.optim.Adam(float_model.parameters(), lr=1e-5))}
-    for engine in ("mqbench", "torchao"):
-        variants[f"{engine} W8A8 + special"] = harness(fresh(), x, {**W8A8_LSQ, "engine": engine}, special)
+def interleaved_steps(variants, args, x, mono_target, rgb_target):
+    """Wall and CPU seconds of each variant's training steps, one step of each in turn per round, so
+    that every variant sees the same machine state; the first args.warmup rounds are not kept."""
     wall = {name: [] for name in variants}
     cpu = {name: [] for name in variants}
     for round_index in range(args.warmup + args.steps):
@@ -175,13 +163,26 @@ def compare_engines(args, fresh, float_model, x, mono_target, rgb_target, specia
             if round_index >= args.warmup:
                 wall[name].append(elapsed)
                 cpu[name].append(cpu_elapsed)
+    return wall, cpu
+
+
+def print_step_times(wall, cpu, name_width):
+    print(f"  {'variant':<{name_width}} {'wall median':>11} {'wall best':>10} {'CPU median':>11}")
+    for name in wall:
+        print(f"  {name:<{name_width}} {statistics.median(wall[name]) * 1e3:9.0f}ms {min(wall[name]) * 1e3:8.0f}ms "
+              f"{statistics.median(cpu[name]) * 1e3:9.0f}ms")
+
+
+def compare_engines(args, fresh, float_model, x, mono_target, rgb_target, special):
+    """One QAT step per engine, interleaved in the same run (so the ratio is of one machine state)."""
+    variants = {"float": (float_model, torch.optim.Adam(float_model.parameters(), lr=1e-5))}
+    for engine in ("mqbench", "torchao"):
+        variants[f"{engine} W8A8 + special"] = harness(fresh(), x, {**W8A8_LSQ, "engine": engine}, special)
+    wall, cpu = interleaved_steps(variants, args, x, mono_target, rgb_target)
     print(f"one training step per engine, DBF/DBLE width {args.width}, batch {args.batch} x {args.size}x{args.size}, "
           f"torch {torch.__version__}, {torch.cuda.get_device_name(x.device) if x.device.type == 'cuda' else 'CPU'} "
           f"({args.threads} CPU threads), {args.steps} steps after {args.warmup} warm-up")
-    print(f"  {'variant':<28} {'wall median':>11} {'wall best':>10} {'CPU median':>11}")
-    for name in variants:
-        print(f"  {name:<28} {statistics.median(wall[name]) * 1e3:9.0f}ms {min(wall[name]) * 1e3:8.0f}ms "
-              f"{statistics.median(cpu[name]) * 1e3:9.0f}ms")
+    print_step_times(wall, cpu, 28)
     for label, table in (("wall median", {n: statistics.median(v) for n, v in wall.items()}),
                          ("wall best", {n: min(v) for n, v in wall.items()}),
                          ("CPU median", {n: statistics.median(v) for n, v in cpu.items()})):

@@ -452,15 +452,25 @@ def test_demo_table_in_readme_matches_what_demo_prints(debug_demo_output):
 
 def test_docs_tables_latency_and_unseen_tables_from_their_outputs():
     tables = load_tool("docs_tables")
-    rows = [{"model": "fp32", "file_mb": 60.1, "median_ms": 280.0, "min_ms": 270.0, "execution": "float",
-             "kernel_ms_by_op": {"Conv": 211.0, "ConvTranspose": 13.0}},
-            {"model": "harness QDQ w8a8, snpe", "file_mb": 15.3, "median_ms": 140.0, "min_ms": 122.0,
-             "execution": "QLinearConv 65 of 65", "kernel_ms_by_op": {"QLinearConv": 84.0}}]
-    body = tables.latency_body(rows, "*Measured*")
+    rows = [{"model": "fp32", "runtime": "onnxruntime f32", "file_mb": 60.1, "median_ms": 280.0, "min_ms": 270.0,
+             "execution": "float", "passed": True, "kernel_ms_by_op": {"Conv": 211.0, "ConvTranspose": 13.0}},
+            {"model": "harness QDQ w8a8, snpe", "runtime": "onnxruntime f32", "file_mb": 15.3, "median_ms": 140.0,
+             "min_ms": 122.0, "execution": "QLinearConv 65 of 65", "passed": True,
+             "kernel_ms_by_op": {"QLinearConv": 84.0}},
+            {"model": "fp32", "runtime": "openvino f32", "file_mb": 60.1, "median_ms": 200.0, "min_ms": 190.0,
+             "execution": "conv f32 x65", "passed": True},
+            {"model": "harness QDQ w8a8, snpe", "runtime": "openvino f32", "file_mb": 15.3, "median_ms": 160.0,
+             "min_ms": 150.0, "execution": "conv int8 x65", "passed": False}]
+    result = {"cpu": {"model": "AMD EPYC", "logical_cpus": 2, "flags": ["avx512_vnni"]},
+              "versions": "onnxruntime 1.32.0, openvino 2026.4.1", "rows": rows,
+              "targets": ["onnxruntime snpe vs onnxruntime FP32: 2.00x (target >= 2x): met"]}
+    body = tables.latency_body(result, "*Measured*")
     columns, parsed = tables.parse_markdown_table(body)
-    assert [row["vs FP32"] for row in parsed] == ["1.00x", "2.00x"]
-    assert parsed[1]["ms median (min)"] == "140 (122)" and "Fastest quantized model: harness QDQ w8a8, snpe, 2.00x" in body
-    assert "- fp32: 224 ms, of which Conv 211, ConvTranspose 13" in body
+    assert [row["vs ORT FP32"] for row in parsed] == ["1.00x", "2.00x", "1.40x", "1.75x"]
+    assert [row["vs own FP32"] for row in parsed] == ["1.00x", "2.00x", "1.00x", "1.25x"]
+    assert [row["check"] for row in parsed] == ["pass", "pass", "pass", "FAIL"]
+    assert parsed[1]["ms median (min)"] == "140 (122)" and "AMD EPYC" in body and "(target >= 2x): met" in body
+    assert "- fp32 (onnxruntime f32): 224 ms, of which Conv 211, ConvTranspose 13" in body
 
     summary = [{"ratio": "x100", "pairs": "6", "psnr": "18.6", "baseline_psnr": "16.6", "ssim": "0.6", "baseline_ssim": "0.26"},
                {"ratio": "x300", "pairs": "6", "psnr": "12.0", "baseline_psnr": "12.1", "ssim": "0.5", "baseline_ssim": "0.14"}]
@@ -498,7 +508,8 @@ def test_docs_tables_from_saved_output_rewrites_every_region(tmp_path, monkeypat
     demo_rows = [{"model": "full precision (teacher)", "PSNR (dB)": 20.29, "vs PTQ (dB, 95% CI)": ""},
                  {"model": "W8A8 QAT", "PSNR (dB)": 20.9, "vs PTQ (dB, 95% CI)": "+0.64 [+0.32, +0.95]"}]
     (logs / "demo.log").write_text("=== demo summary\n" + format_table(demo_rows, list(demo_rows[0])))
-    (logs / "latency.json").write_text('[{"model": "fp32", "file_mb": 60.1, "median_ms": 280.0, "min_ms": 270.0}]')
+    (logs / "latency.json").write_text('{"rows": [{"model": "fp32", "runtime": "onnxruntime f32", "file_mb": 60.1, '
+                                       '"median_ms": 280.0, "min_ms": 270.0}]}')
     sweep = tmp_path / "results" / "sweep_ablation"
     sweep.mkdir(parents=True)
     (sweep / "summary.md").write_text("# Sweep\n\n| variant | test PSNR | reference | Δ test PSNR [95% CI] |\n|---|---|---|---|\n"
@@ -518,7 +529,7 @@ def test_docs_tables_from_saved_output_rewrites_every_region(tmp_path, monkeypat
     assert "stale" not in readme and "stale" not in topic
     assert "| W8A8 QAT | 20.9000 | +0.64 [+0.32, +0.95] |" in readme
     assert "`w4` against `fp`: -0.47 dB [-1.09, +0.15], not distinguishable" in topic
-    assert "| fp32 | 60.1 | 280 (270) | 1.00x |" in topic and "| all | 18 | 18.00 | 13.90 | 0.540 | 0.180 |" in topic
+    assert "| fp32 | onnxruntime f32 | 60.1 | 280 (270) | 1.00x | 1.00x |" in topic and "| all | 18 | 18.00 | 13.90 | 0.540 | 0.180 |" in topic
     assert (tmp_path / "docs" / "ablation_test_psnr_per_ratio.png").read_bytes() == b"\x89PNG new figure"
     for body in [*tables.regions(readme).values(), *tables.regions(topic).values()]:
         assert PROVENANCE.search(body), body  # every rewritten region says when, where and from what

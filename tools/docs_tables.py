@@ -244,24 +244,33 @@ def ablation_body(summary_md: str, stamp: str) -> str:
                       markdown_table(header, shown), "", "Read with the noise:", *[line for line in lines if line]])
 
 
-def latency_body(rows: list[dict], stamp: str) -> str:
-    fp32 = rows[0]["median_ms"]
-    table = [{"model": row["model"], "MB": f"{row['file_mb']:.1f}",
+def latency_body(result: dict, stamp: str) -> str:
+    """The table of bench/onnx_latency.py --json: every model in every runtime, with the CPU it ran on,
+    the export check per runtime and the targets the bench read from the same run."""
+    rows = result["rows"]
+    fp32_ort = next(row["median_ms"] for row in rows if row["model"] == "fp32" and row["runtime"] == "onnxruntime f32")
+    own_fp32 = {row["runtime"]: row["median_ms"] for row in rows if row["model"] == "fp32"}
+    check = {True: "pass", False: "FAIL", None: "-"}
+    table = [{"model": row["model"], "runtime": row["runtime"], "MB": f"{row['file_mb']:.1f}",
               "ms median (min)": f"{row['median_ms']:.0f} ({row['min_ms']:.0f})",
-              "vs FP32": f"{fp32 / row['median_ms']:.2f}x", "how onnxruntime ran it": row.get("execution", "")}
+              "vs ORT FP32": f"{fp32_ort / row['median_ms']:.2f}x",
+              "vs own FP32": f"{own_fp32[row['runtime']] / row['median_ms']:.2f}x",
+              "check": check[row.get("passed")], "how it ran": row.get("execution", "")}
              for row in rows]
-    fastest = max(rows[1:], key=lambda row: fp32 / row["median_ms"], default=None)
-    summary = (f"Fastest quantized model: {fastest['model']}, {fp32 / fastest['median_ms']:.2f}x FP32. Latency on a "
-               "shared machine moves by tens of percent from hour to hour; compare rows of one run."
-               if fastest else "")
-    profiles = [f"- {row['model']}: {sum(row['kernel_ms_by_op'].values()):.0f} ms, of which "
+    cpu = result.get("cpu", {})
+    machine = (f"CPU: {cpu.get('model', '?')} ({cpu.get('logical_cpus', '?')} logical CPUs; flags: "
+               f"{' '.join(cpu.get('flags', [])) or 'none of note'}); {result.get('versions', '')}.")
+    targets = ["Targets, as the bench read them from this run:", *[f"- {line}" for line in result.get("targets", [])]]
+    profiles = [f"- {row['model']} ({row['runtime']}): {sum(row['kernel_ms_by_op'].values()):.0f} ms, of which "
                 + ", ".join(f"{op} {ms:.0f}" for op, ms in list(row["kernel_ms_by_op"].items())[:4])
                 for row in rows if row.get("kernel_ms_by_op")]
     if profiles:
         profiles.insert(0, "Kernel time per run by op type (onnxruntime's profiler; the rest of a run is "
                            "scheduling and memory):")
-    return "\n".join([stamp, "", "1x1x512x512 input, full width, median (min) of 20 runs interleaved across models:",
-                      "", markdown_table(list(table[0]), table), "", summary, *([""] + profiles if profiles else [])])
+    return "\n".join([stamp, "", machine, "1x1x512x512 input, full width, 2 threads, median (min) of 20 runs "
+                      "interleaved across every row. Latency on a shared machine moves by tens of percent from hour "
+                      "to hour; compare rows of one run.", "", markdown_table(list(table[0]), table), "",
+                      *targets, *([""] + profiles if profiles else [])])
 
 
 def unseen_body(summary_rows: list[dict], stamp: str) -> str:
