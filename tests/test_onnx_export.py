@@ -162,7 +162,9 @@ def _tapped_session(path, names):
     taps = {}
     for name in names:
         chain = [node for node in model.graph.node if node.name.startswith(f"{name}/")]
-        dequantize = [node for node in chain if node.name == f"{name}/DequantizeLinear"]
+        # A 16-bit activation is written as Mul/Clip/Round/Mul (onnx_export.wide_activations: round): its
+        # last node is the rescaling Mul.
+        dequantize = [node for node in chain if node.name in (f"{name}/DequantizeLinear", f"{name}/Rescale")]
         if dequantize:
             taps[name] = (chain[0].input[0], dequantize[0].output[0])
     outputs = {o.name for o in model.graph.output}
