@@ -308,7 +308,7 @@ class Config(Section):
     seed: int = 0  # data order, crops and initialisation
     allow_random_init: bool = False  # quantized training from random weights is refused unless true
     quantize_output: bool = False
-    # Reproducible CUDA runs (harness/speed.py: make_deterministic); costs speed, see README.
+    # Reproducible CUDA runs (harness/speed.py: make_deterministic); costs speed (docs/performance.md).
     deterministic: bool = False
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     data: DataConfig = Field(default_factory=DataConfig)
