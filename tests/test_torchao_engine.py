@@ -249,3 +249,11 @@ def test_train_py_ptq_with_the_torchao_engine_writes_plan_checkpoint_and_test_sc
     assert saved["quantized"] and saved["model"]["quantizers"]["x_post_act_fake_quantizer"]["quant_max"] == 1023
     plan = list((tmp_path / "results" / "tiny").rglob("quant_plan*.csv"))
     assert plan and "x_post_act_fake_quantizer" in plan[0].read_text()
+
+
+def test_sensitivity_tool_stops_a_torchao_config_in_one_line(capsys):
+    # Per-quantizer sensitivity probes MQBench's FX graph: a torchao config is refused before any work.
+    from clitools import assert_one_line_error, run_here
+    status, _, stderr = run_here(capsys, "tools/sensitivity.py", "--config", "configfile/demo_qat.yaml",
+                                 "--set", "quant_scheme.engine=torchao")
+    assert_one_line_error(status, stderr, "quant_scheme.engine: torchao", "MQBench-only")

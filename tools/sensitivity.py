@@ -93,6 +93,9 @@ def main(argv=None):
     args = parse_arguments(argv)
     config = load_config(args.config, args.set, check_files=False)
     harness.runner.post_mortem = config.pdb_debug
+    if config.quant_scheme.engine != "mqbench":  # the probes read MQBench's FX graph (quant/sensitivity.py)
+        raise ConfigError(f"quant_scheme.engine: {config.quant_scheme.engine}: per-quantizer sensitivity is "
+                          "MQBench-only; run it with --set quant_scheme.engine=mqbench (the same quantizers)")
     device = torch.device(args.device) if args.device else resolve_device(config)
     weights = args.checkpoint or config.load_model
     if weights is None and not config.allow_random_init:
