@@ -31,7 +31,7 @@ DOCUMENTS = [REPOSITORY_ROOT / "README.md", *sorted((REPOSITORY_ROOT / "docs").g
 FENCE = re.compile(r"^```(?P<lang>[\w+-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*(?P<marker>[^>]*?)\s*-->$")
 PROVENANCE = re.compile(r"(?:Measured|Computed)\s+(?P<date>\d{4}-\d{2}-\d{2})\s+at\s+commits?\s+(?P<rest>[^*]*)", re.I)
-SHA = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b")
+SHA = re.compile(r"\b[0-9a-f]{7,40}\b")  # read only after "at commit": an all-digit short hash is a hash too
 # Top-level folders whose files a code span may name; artefact folders (results/, onnx/<run>/) are not checked.
 SOURCE_FOLDERS = ("harness", "helpers", "checkpoints", "sweeps", "tools", "quant", "distill", "deploy",
                   "models", "data", "configfile", "bench", "tests", "examples", "scripts", "lowlight_qat", "docs")
