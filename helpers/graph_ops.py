@@ -16,14 +16,18 @@ REARRANGING_METHODS = {"view", "reshape", "permute", "flatten", "contiguous", "t
 REARRANGING_MODULES = (nn.PixelShuffle, nn.PixelUnshuffle, nn.Flatten, nn.Unflatten, nn.Identity)
 
 
-def is_rearranging(model: GraphModule, node: Node) -> bool:
+def _node_in(model: GraphModule, node: Node, functions, methods, modules) -> bool:
     if node.op == "call_function":
-        return node.target in REARRANGING_FUNCTIONS
+        return node.target in functions
     if node.op == "call_method":
-        return node.target in REARRANGING_METHODS
+        return node.target in methods
     if node.op == "call_module":
-        return isinstance(model.get_submodule(node.target), REARRANGING_MODULES)
+        return isinstance(model.get_submodule(node.target), modules)
     return False
+
+
+def is_rearranging(model: GraphModule, node: Node) -> bool:
+    return _node_in(model, node, REARRANGING_FUNCTIONS, REARRANGING_METHODS, REARRANGING_MODULES)
 
 
 # Ops whose output values are input values (or a constant pad), only moved, selected, joined or cast:
@@ -46,13 +50,7 @@ def passes_values(model: GraphModule, node: Node) -> bool:
     """True for an op that does not compute: pad, reshape/view/permute, pixel (un)shuffle, cat,
     slicing, identity, casts, contiguous (the names above). Unlike `is_rearranging`, it includes
     ops that join several tensors (cat) or add constant borders (pad)."""
-    if node.op == "call_function":
-        return node.target in PASSING_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in PASSING_METHODS
-    if node.op == "call_module":
-        return isinstance(model.get_submodule(node.target), PASSING_MODULES)
-    return False
+    return _node_in(model, node, PASSING_FUNCTIONS, PASSING_METHODS, PASSING_MODULES)
 
 
 def unsupervised_nodes(model: GraphModule, declared) -> set:
