@@ -33,53 +33,36 @@ def _passes(gm: GraphModule, node: Node) -> bool:
     return is_quantizer_node(gm, node) or passes_values(gm, node)
 
 
+def _breadth_first(start, step):
+    """Every node reached from `start`, once each, nearest first; `step(node)` names the nodes to go on to."""
+    seen, queue = set(), list(start)
+    while queue:
+        node = queue.pop(0)
+        if node not in seen:
+            seen.add(node)
+            yield node
+            queue.extend(step(node))
+
+
 def feeding_quantizers(gm: GraphModule, node: Node) -> list[Node]:
     """Quantizer nodes on the paths into `node` (nearest first): walking back over its tensor inputs
     through quantizers and non-computing ops, stopping at anything that computes and at graph inputs.
     Empty when `node` reads an unquantized tensor."""
-    found, seen = [], set()
-    queue = list(node.all_input_nodes)
-    while queue:
-        source = queue.pop(0)
-        if source in seen:
-            continue
-        seen.add(source)
-        if is_quantizer_node(gm, source):
-            found.append(source)
-        if _passes(gm, source):
-            queue.extend(source.all_input_nodes)
-    return found
+    walk = _breadth_first(node.all_input_nodes, lambda n: n.all_input_nodes if _passes(gm, n) else [])
+    return [source for source in walk if is_quantizer_node(gm, source)]
 
 
 def network_input_quantizers(gm: GraphModule) -> list[Node]:
     """Quantizer nodes on the paths from the graph inputs, up to the first op that computes."""
-    found, seen = [], set()
-    queue = [u for n in gm.graph.nodes if n.op == "placeholder" for u in n.users]
-    while queue:
-        node = queue.pop(0)
-        if node in seen or not _passes(gm, node):
-            continue
-        seen.add(node)
-        if is_quantizer_node(gm, node):
-            found.append(node)
-        queue.extend(node.users)
-    return found
+    inputs = [u for n in gm.graph.nodes if n.op == "placeholder" for u in n.users]
+    walk = _breadth_first(inputs, lambda n: n.users if _passes(gm, n) else [])
+    return [node for node in walk if is_quantizer_node(gm, node)]
 
 
 def first_consumers(gm: GraphModule, node: Node) -> list[Node]:
     """The computing nodes (or the graph output) that read `node`'s value through non-computing ops."""
-    found, seen = [], set()
-    queue = list(node.users)
-    while queue:
-        user = queue.pop(0)
-        if user in seen:
-            continue
-        seen.add(user)
-        if _passes(gm, user):
-            queue.extend(user.users)
-        else:
-            found.append(user)
-    return found
+    walk = _breadth_first(node.users, lambda n: n.users if _passes(gm, n) else [])
+    return [user for user in walk if not _passes(gm, user)]
 
 
 def effective_input(gm: GraphModule, node: Node):
