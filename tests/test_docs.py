@@ -471,6 +471,12 @@ def test_docs_tables_latency_and_unseen_tables_from_their_outputs():
     assert [row["check"] for row in parsed] == ["pass", "pass", "pass", "FAIL"]
     assert parsed[1]["ms median (min)"] == "140 (122)" and "AMD EPYC" in body and "(target >= 2x): met" in body
     assert "- fp32 (onnxruntime f32): 224 ms, of which Conv 211, ConvTranspose 13" in body
+    # --full-frame rows: their own table, each export against FP32 in the same runtime.
+    result["full_frame"] = [{"model": "fp32", "runtime": "onnxruntime f32", "median_ms": 30000.0},
+                            {"model": "harness QDQ w8a8, snpe", "runtime": "onnxruntime f32", "median_ms": 12000.0}]
+    body = tables.latency_body(result, "*Measured*")
+    _, full = tables.parse_markdown_table(body[body.index("Full frames"):])
+    assert [(row["s per frame"], row["vs FP32, same runtime"]) for row in full] == [("30.00", "1.00x"), ("12.00", "2.50x")]
 
     summary = [{"ratio": "x100", "pairs": "6", "psnr": "18.6", "baseline_psnr": "16.6", "ssim": "0.6", "baseline_ssim": "0.26"},
                {"ratio": "x300", "pairs": "6", "psnr": "12.0", "baseline_psnr": "12.1", "ssim": "0.5", "baseline_ssim": "0.14"}]

@@ -3,6 +3,7 @@ per runtime passed or failed; a QDQ form that one runtime computes wrong fails t
 16-bit activation form the export writes passes in both; enhance.py's --runtime and auto choice.
 
 Narrow networks (width 0.25, 0.125) at 64x64 keep it fast."""
+import copy
 import json
 import warnings
 
@@ -221,3 +222,39 @@ def test_nearest_deployable_config_is_a_ready_run_config(tmp_path):
     assert ready.extra_quantizer_dict.special_layer == thesis.extra_quantizer_dict.special_layer
     assert ready.distill_config == thesis.distill_config and ready.load_model == thesis.load_model
     assert ready.experiment == f"{thesis.experiment}_deployable"
+
+
+def _with_quantize_scale(graph, factor):
+    """The graph with one 8-bit activation QuantizeLinear after a convolution (not after a pool,
+    whose inputs lie on a grid already) with its scale, not its DequantizeLinear's, multiplied by
+    factor: (name of its quantizer, the changed graph)."""
+    graph = copy.deepcopy(graph)
+    initializers = {i.name: i for i in graph.graph.initializer}
+    quantize = [n for n in graph.graph.node if n.op_type == "QuantizeLinear" and
+                onnx.numpy_helper.to_array(initializers[n.input[2]]).dtype == np.uint8 and "lrelu" in n.name][0]
+    scale = onnx.numpy_helper.to_array(initializers[quantize.input[1]]).astype(np.float32)
+    graph.graph.initializer.append(onnx.numpy_helper.from_array((scale * np.float32(factor)).astype(np.float32),
+                                                                "changed_scale"))
+    quantize.input[1] = "changed_scale"
+    return quantize.name.rsplit("/", 1)[0], graph
+
+
+@pytest.mark.parametrize("runtime", BOTH)
+def test_rounding_explanation_tells_float_rounding_from_a_wrong_graph(exported, special_model, runtime):
+    # A scale off by 4e-6 (some 30 float32 roundings) flips only elements a hair from a rounding
+    # boundary: float rounding explains every one of them. Off by 2% it flips elements anywhere,
+    # and the quantizer is named. A check that misses its PSNR target by chance (one flip amplified
+    # by 4-bit layers) passes only in the first case (deploy.onnx_export.export_qdq).
+    from deploy.onnx_verify import rounding_explanation
+    from deploy.quantizers import describe, fake_quantizers
+    out, _ = exported
+    specs = [describe(name, fq) for name, fq in fake_quantizers(special_model)]
+    x = _inputs(2, 256, 256, seed=3)
+    graph = onnx.load(str(out / QDQ_FILE))
+    name, hair = _with_quantize_scale(graph, 1 + 4e-6)
+    explained = rounding_explanation(hair, special_model, specs, x, runtime, 40.0)
+    assert explained["explained"] and name in explained["flipped"], (name, explained)
+    assert explained["max_tie_distance_steps"] < 1e-3
+    name, wrong = _with_quantize_scale(graph, 1.02)
+    verdict = rounding_explanation(wrong, special_model, specs, x, runtime, 40.0)
+    assert not verdict["explained"] and name in verdict["not_rounding"], verdict

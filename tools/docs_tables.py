@@ -12,7 +12,7 @@ everything between the markers is replaced. What each table runs and reads:
 - ablation: `ablation.py` after removing its earlier teacher and sweep results (otherwise finished runs
             of older code would be reused); results/sweep_ablation/summary.md and its per-ratio figure,
             copied to docs/ablation_test_psnr_per_ratio.png (its caption is the region ablation-figure);
-- latency:  `bench/onnx_latency.py --runs 20 --profile --json results/docs_tables/latency.json`;
+- latency:  `bench/onnx_latency.py --runs 20 --profile --full-frame --json results/docs_tables/latency.json`;
 - unseen:   `bench/unseen_photos.py --checkpoint onnx/demo_fp.pth` (after demo: the teacher it trains;
             needs scikit-learn); results/unseen_photos/summary.csv.
 
@@ -255,7 +255,9 @@ def latency_body(result: dict, stamp: str) -> str:
               "ms median (min)": f"{row['median_ms']:.0f} ({row['min_ms']:.0f})",
               "vs ORT FP32": f"{fp32_ort / row['median_ms']:.2f}x",
               "vs own FP32": f"{own_fp32[row['runtime']] / row['median_ms']:.2f}x",
-              "check": check[row.get("passed")], "how it ran": row.get("execution", "")}
+              "check": check[row.get("passed")],
+              "agree dB": f"{row['psnr_vs_onnxruntime']:.1f}" if row.get("psnr_vs_onnxruntime") is not None else "",
+              "how it ran": row.get("execution", "")}
              for row in rows]
     cpu = result.get("cpu", {})
     machine = (f"CPU: {cpu.get('model', '?')} ({cpu.get('logical_cpus', '?')} logical CPUs; flags: "
@@ -267,9 +269,17 @@ def latency_body(result: dict, stamp: str) -> str:
     if profiles:
         profiles.insert(0, "Kernel time per run by op type (onnxruntime's profiler; the rest of a run is "
                            "scheduling and memory):")
+    full = [{"model": row["model"], "runtime": row["runtime"], "s per frame": f"{row['median_ms'] / 1e3:.2f}",
+             "vs FP32, same runtime": f"{next(f['median_ms'] for f in result['full_frame'] if f['model'] == 'fp32' and f['runtime'] == row['runtime']) / row['median_ms']:.2f}x"}
+            for row in result.get("full_frame", [])]
+    if full:
+        full = ["Full frames: one 1x1x2848x4256 mosaic (a whole Sony frame, no tiling), FP32 and the fastest "
+                "passing W8A8 export, each session alone (not interleaved), one run after a warm-up:", "",
+                markdown_table(list(full[0]), full), ""]
     return "\n".join([stamp, "", machine, "1x1x512x512 input, full width, 2 threads, median (min) of 20 runs "
-                      "interleaved across every row. Latency on a shared machine moves by tens of percent from hour "
-                      "to hour; compare rows of one run.", "", markdown_table(list(table[0]), table), "",
+                      "interleaved across every row; \"agree dB\": PSNR of this output against onnxruntime's, same "
+                      "model. Latency on a shared machine moves by tens of percent from hour to hour; compare rows of "
+                      "one run.", "", markdown_table(list(table[0]), table), "", *full,
                       *targets, *([""] + profiles if profiles else [])])
 
 
@@ -362,9 +372,10 @@ def regenerate(names: list[str], from_logs: bool, write=None) -> dict[str, str]:
                 if write is not None:
                     write("ablation-figure", bodies["ablation-figure"])
         elif name == "latency":
-            command = "python bench/onnx_latency.py --runs 20 --profile"
+            command = "python bench/onnx_latency.py --runs 20 --profile --full-frame"
             if not from_logs:
-                run(["bench/onnx_latency.py", "--runs", "20", "--profile", "--json", str(LOGS / "latency.json")],
+                run(["bench/onnx_latency.py", "--runs", "20", "--profile", "--full-frame", "--json",
+                     str(LOGS / "latency.json")],
                     logs / "latency.log")
             bodies[name] = latency_body(json.loads((logs / "latency.json").read_text()),
                                         stamp(command, logs / "latency.json", from_logs))
