@@ -20,8 +20,8 @@ execution type (convolutions that ran I8, bf16 or f32, and the op types where th
 `agree` is the PSNR of OpenVINO's output against onnxruntime's on the timing input.
 Weights are random unless --weights names full-precision weights; latency does not depend on them.
 --profile adds, per model, onnxruntime's kernel time per op type. --full-frame adds one run per
-runtime at 4256x2848 (a full Sony frame, no tiling) of FP32 and the fastest W8A8 export, one
-session at a time (not interleaved: compare them loosely): slow, and several GB per session.
+runtime at 4256x2848 (a full Sony frame, no tiling) of FP32 and the W8A8 export fastest in that
+runtime (and FP32 in OpenVINO bf16), one session at a time (not interleaved: compare them loosely): slow, and several GB per session.
 """
 import argparse
 import json
@@ -183,7 +183,7 @@ def targets(rows: list, runtimes: list) -> list[str]:
         lines.append(f"onnxruntime snpe INT8 at least as fast as quantize_static: {ratio:.2f}x, "
                      f"{'met' if ratio >= 1 else 'NOT met'}")
     if "openvino" in runtimes:
-        int8 = [r for r in rows if r["runtime"] == "openvino f32" and r["model"].startswith("harness QDQ w8a8")
+        int8 = [r for r in rows if r["runtime"] == "openvino f32" and r["model"].startswith("harness QDQ w8a8,")
                 and r["passed"] is True]
         best = min(int8, key=lambda r: r["median_ms"], default=None)
         for reference in ("openvino bf16", "openvino f32"):
@@ -205,19 +205,25 @@ def targets(rows: list, runtimes: list) -> list[str]:
     return lines
 
 
-def full_frame_rows(rows, exports, runtimes, threads) -> list:
-    """FP32 and the fastest passing W8A8 export on one 4256x2848 frame, in each runtime. One session
+def full_frame_rows(rows, exports, runtimes, threads, bf16: bool) -> list:
+    """One 4256x2848 frame in each runtime: FP32 and the W8A8 harness export that was fastest in that
+    runtime while passing its check there (and FP32 in OpenVINO bf16 where the CPU has it). One session
     at a time, each freed before the next: at full width four sessions held together took 20 GB."""
     import gc
-    best = min((r for r in rows if r["model"].startswith("harness QDQ w8a8") and r["passed"]),
-               key=lambda r: r["median_ms"], default=None)
-    chosen = [e for e in exports if e[0] in ("fp32", best["model"] if best else "")]
+    by_label = {e[0]: e for e in exports}
+    jobs = []
+    for runtime in runtimes:
+        best = min((r for r in rows if r["model"].startswith("harness QDQ w8a8,") and r["passed"]
+                    and r["runtime"] == f"{runtime} f32"), key=lambda r: r["median_ms"], default=None)
+        jobs += [(by_label["fp32"], runtime, "f32")] + ([(by_label[best["model"]], runtime, "f32")] if best else [])
+    if "openvino" in runtimes and bf16:
+        jobs.append((by_label["fp32"], "openvino", "bf16"))
     frame = np.random.default_rng(0).random((1, 1, 2848, 4256), dtype=np.float32)
     full = []
-    for export, runtime in tqdm([(e, r) for e in chosen for r in runtimes], desc="full frames", leave=False):
-        session = open_session(export[1], runtime, threads, precision="f32")
+    for export, runtime, precision in tqdm(jobs, desc="full frames", leave=False):
+        session = open_session(export[1], runtime, threads, precision=precision)
         timing = interleaved([session], frame, 1, warmup=1)[0]
-        full.append({"model": export[0], "runtime": f"{runtime} f32", "input": "1x1x2848x4256", **timing})
+        full.append({"model": export[0], "runtime": f"{runtime} {precision}", "input": "1x1x2848x4256", **timing})
         del session
         gc.collect()
     return full
@@ -306,7 +312,7 @@ def main(argv=None):
         full = []
         if args.full_frame:
             del sessions, outputs  # a full frame needs the memory more than the 512x512 sessions
-            full = full_frame_rows(rows, exports, runtimes, args.threads)
+            full = full_frame_rows(rows, exports, runtimes, args.threads, has_bf16(cpu))
     versions = ", ".join(f"{r} {runtime_version(r).split('-')[0]}" for r in runtimes)
     print(f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs); flags: {' '.join(cpu['flags']) or 'none of note'}"
           f"{'' if has_bf16(cpu) else '; no bf16: OpenVINO bf16 not measured'}"

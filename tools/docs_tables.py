@@ -273,8 +273,9 @@ def latency_body(result: dict, stamp: str) -> str:
              "vs FP32, same runtime": f"{next(f['median_ms'] for f in result['full_frame'] if f['model'] == 'fp32' and f['runtime'] == row['runtime']) / row['median_ms']:.2f}x"}
             for row in result.get("full_frame", [])]
     if full:
-        full = ["Full frames: one 1x1x2848x4256 mosaic (a whole Sony frame, no tiling), FP32 and the fastest "
-                "passing W8A8 export, each session alone (not interleaved), one run after a warm-up:", "",
+        full = ["Full frames: one 1x1x2848x4256 mosaic (a whole Sony frame, no tiling): in each runtime FP32 and "
+                "the W8A8 export that was fastest there while passing, each session alone (not interleaved), one "
+                "run after a warm-up:", "",
                 markdown_table(list(full[0]), full), ""]
     return "\n".join([stamp, "", machine, "1x1x512x512 input, full width, 2 threads, median (min) of 20 runs "
                       "interleaved across every row; \"agree dB\": PSNR of this output against onnxruntime's, same "
