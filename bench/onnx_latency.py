@@ -18,7 +18,8 @@ table says how each runtime ran it: onnxruntime's executed graph (SessionOptions
 counted as fused integer kernels or float Conv; OpenVINO's per-layer performance counters counted by
 execution type (convolutions that ran I8, bf16 or f32, and the op types where the time went).
 `agree` is the PSNR of OpenVINO's output against onnxruntime's on the timing input.
-Weights are random unless --weights names full-precision weights; latency does not depend on them.
+Weights are random (the same for every row: one network) unless --weights names full-precision weights;
+latency does not depend on them. --json also keeps each QDQ export's check, every run in every runtime.
 --profile adds, per model, onnxruntime's kernel time per op type. --full-frame adds one run per
 runtime at 4256x2848 (a full Sony frame, no tiling) of FP32 and the W8A8 export fastest in that
 runtime (and FP32 in OpenVINO bf16), one session at a time (not interleaved: compare them loosely): slow, and several GB per session.
@@ -252,6 +253,7 @@ def main(argv=None):
     special = yaml.safe_load(SEED_CONFIG.read_text())["extra_quantizer_dict"]["special_layer"]
 
     def float_model():
+        torch.manual_seed(0)  # every row is the same network with the same weights
         model = build_model("dbf_dble", args.width)
         if args.weights:
             from checkpoints.weights import load_weights
@@ -260,10 +262,12 @@ def main(argv=None):
 
     def qdq(label, qmodel, name):
         info = export_qdq(qmodel, out / name, runtimes=runtimes)
+        checks[label] = info.checks
         rows = info.checks["runtimes"]
         exports.append((label, info.path, info.opset, {r: rows[r]["passed"] for r in rows},
                         {r: rows[r].get("min_psnr_db") for r in rows}))
 
+    checks = {}  # the export check of each QDQ model, every run in every runtime (--json)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
         out.mkdir(parents=True, exist_ok=True)
@@ -346,7 +350,7 @@ def main(argv=None):
                 print(f"  {row['model']:46s} {sum(profile.values()):7.1f} ms: {top}")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu, "versions": versions, "rows": rows, "full_frame": full,
-                                               "targets": targets(rows, runtimes)}, indent=2, default=str))
+                                               "targets": targets(rows, runtimes), "checks": checks}, indent=2, default=str))
     return rows
 
 
