@@ -29,6 +29,9 @@ FLOAT_NOISE_MARGIN_DB = 6.0
 # on the thesis model's 10-bit and 4-bit layers; a wrong scale or zero point flips elements
 # anywhere in [0, 0.5] steps from a boundary.
 TIE_TOLERANCE_STEPS = 1e-2
+# A handful of flips is allowed in any tensor, however small: one flip in the 512 elements of a narrow
+# network's deepest level is a fraction of 2e-3 (measured, 5e-7 steps from a tie).
+FEW_FLIPS = 8
 TIE_TOLERANCE_RELATIVE = 1e-5
 
 # ----------------------------------------------------------------------------- checks
@@ -139,7 +142,7 @@ def rounding_explanation(model: onnx.ModelProto, reference: torch.nn.Module, spe
     runtime up to the order of float sums, and
     - every element where PyTorch would have rounded otherwise must lie within a float rounding of
       a rounding boundary (x / scale within TIE_TOLERANCE_* of a half-integer), be one step off,
-      and be at most MISMATCH_LIMIT of its tensor;
+      and be at most MISMATCH_LIMIT of its tensor (or FEW_FLIPS elements);
     - PyTorch's outputs so forced must reach psnr_target against the runtime's: the float parts
       between quantizers compute the same function.
     A wrong scale or zero point, or a layer the runtime computes differently, fails one of the two.
@@ -161,7 +164,7 @@ def rounding_explanation(model: onnx.ModelProto, reference: torch.nn.Module, spe
             scaled = args[0].detach().float() / step
             tie_distance = ((scaled - scaled.floor()) - 0.5).abs()
             tolerance = torch.clamp(TIE_TOLERANCE_RELATIVE * scaled.abs(), min=TIE_TOLERANCE_STEPS)
-            flips[name] = {"elements": int(differ.sum()), "fraction": float(differ.float().mean()),
+            flips[name] = {"elements": int(differ.sum()), "size": differ.numel(), "fraction": float(differ.float().mean()),
                            "max_steps": round(float(difference.abs().max()), 2),
                            "max_tie_distance_steps": float(tie_distance[differ].max()),
                            "beyond_tolerance": int((tie_distance > tolerance)[differ].sum())}
@@ -179,7 +182,8 @@ def rounding_explanation(model: onnx.ModelProto, reference: torch.nn.Module, spe
     names = [o.name for o in model.graph.output]
     replay_psnr = {n: psnr_db(g, r) for n, g, r in zip(names, final, replayed)}
     not_rounding = {name: row for name, row in flips.items()
-                    if row["fraction"] > MISMATCH_LIMIT or row["max_steps"] > 1.0
+                    if row["elements"] > max(FEW_FLIPS, MISMATCH_LIMIT * row["size"])
+                    or row["max_steps"] > 1.0
                     or row["beyond_tolerance"]}
     explained = not not_rounding and all(v >= psnr_target for v in replay_psnr.values())
     worst = max(flips.items(), key=lambda item: item[1]["max_tie_distance_steps"], default=(None, None))
