@@ -524,10 +524,18 @@ def test_docs_tables_from_saved_output_rewrites_every_region(tmp_path, monkeypat
     (tmp_path / "results" / "unseen_photos").mkdir()
     (tmp_path / "results" / "unseen_photos" / "summary.csv").write_text(
         "ratio,pairs,psnr,baseline_psnr,ssim,baseline_ssim\nall,18,18.0,13.9,0.54,0.18\n")
+    for backend in tables.PLACEMENTS:
+        ptq = tmp_path / tables.PLACEMENT_RUNS / f"placement_{backend}" / "ptq"
+        ptq.mkdir(parents=True)
+        (ptq / "ptq_summary.csv").write_text(
+            "method,bits,runtime,psnr,ssim,images\nfp32,32,pytorch,20.29,0.60,10\n"
+            f"mqbench_ptq ({backend}),w8a8,pytorch,20.1,0.59,10\nqat,checkpoint,pytorch,20.9,0.60,10\n"
+            f"onnx placement_{backend}/model_qdq.onnx,as exported,onnxruntime 1.32.0,20.9,0.60,10\n")
     (tmp_path / "docs").mkdir()
     region = lambda name: f"<!-- table:{name} -->\nstale\n<!-- /table -->\n"  # noqa: E731
     (tmp_path / "README.md").write_text("# r\n" + region("demo") + "![f](docs/a.png)\n" + region("ablation-figure"))
-    (tmp_path / "docs" / "t.md").write_text("# t\n" + region("ablation") + region("latency") + region("unseen"))
+    (tmp_path / "docs" / "t.md").write_text("# t\n" + region("ablation") + region("latency") + region("unseen")
+                                            + region("placements"))
 
     assert tables.main(["--from-logs"]) == 0
 
@@ -536,6 +544,34 @@ def test_docs_tables_from_saved_output_rewrites_every_region(tmp_path, monkeypat
     assert "| W8A8 QAT | 20.9000 | +0.64 [+0.32, +0.95] |" in readme
     assert "`w4` against `fp`: -0.47 dB [-1.09, +0.15], not distinguishable" in topic
     assert "| fp32 | onnxruntime f32 | 60.1 | 280 (270) | 1.00x | 1.00x |" in topic and "| all | 18 | 18.00 | 13.90 | 0.540 | 0.180 |" in topic
+    assert "| `tensorrt` | 20.100 / 0.590 | 20.900 / 0.600 | 20.900 / 0.600 | - |" in topic
     assert (tmp_path / "docs" / "ablation_test_psnr_per_ratio.png").read_bytes() == b"\x89PNG new figure"
     for body in [*tables.regions(readme).values(), *tables.regions(topic).values()]:
         assert PROVENANCE.search(body), body  # every rewritten region says when, where and from what
+
+
+def test_docs_tables_placements_table_from_ptq_summaries():
+    tables = load_tool("docs_tables")
+
+    def rows(backend, qat, exported_ort, exported_ov, with_ort_ptq=False):
+        found = [{"method": "fp32", "bits": "32", "runtime": "pytorch", "psnr": "20.2", "ssim": "0.597"},
+                 {"method": f"mqbench_ptq ({backend})", "bits": "w8a8", "runtime": "pytorch", "psnr": "20.1", "ssim": "0.59"},
+                 {"method": "qat", "bits": "checkpoint", "runtime": "pytorch", "psnr": qat, "ssim": "0.60"},
+                 {"method": f"onnx placement_{backend}/model_qdq.onnx", "bits": "as exported",
+                  "runtime": "onnxruntime 1.32.0", "psnr": exported_ort, "ssim": "0.60"},
+                 {"method": f"onnx placement_{backend}/model_qdq.onnx", "bits": "as exported",
+                  "runtime": "openvino 2026.4.1", "psnr": exported_ov, "ssim": "0.60"}]
+        if with_ort_ptq:
+            found += [{"method": "onnxruntime_ptq", "bits": "w8a8", "runtime": "onnxruntime 1.32.0", "psnr": "20.0", "ssim": "0.58"},
+                      {"method": "onnxruntime_ptq", "bits": "w8a8", "runtime": "openvino 2026.4.1", "psnr": "nan", "ssim": "nan"}]
+        return found
+
+    body = tables.placements_body({"academic": rows("academic", "20.97", "20.971", "20.96", True),
+                                   "snpe": rows("snpe", "20.90", "20.95", "20.90")}, "*Measured*")
+    _, parsed = tables.parse_markdown_table(body)
+    assert [row["backend"] for row in parsed] == ["(FP32 teacher: 20.200 / 0.597)", "`academic`", "`snpe`",
+                                                  "onnxruntime `quantize_static` (PTQ)"]
+    assert parsed[2]["QAT exported, onnxruntime"] == "20.950 / 0.600" and parsed[2]["QAT exported, OpenVINO"] == "20.900 / 0.600"
+    assert parsed[3]["QAT exported, onnxruntime"] == "20.000 / 0.580" and parsed[3]["QAT exported, OpenVINO"] == "-"
+    assert "within 0.050 dB of the fake-quant model" in body  # snpe in onnxruntime: 20.95 against 20.90
+    assert "0.070 dB after QAT" in body

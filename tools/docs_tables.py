@@ -1,7 +1,7 @@
 """`make docs-tables`: rerun the commands behind the documentation's measured tables and write their
 results, conclusions and provenance (date, commit, machine) into README.md and docs/.
 
-    python tools/docs_tables.py                       # all four: demo, ablation, latency, unseen (~40 min, 2 CPUs)
+    python tools/docs_tables.py                       # all five: demo, ablation, latency, unseen, placements (~65 min, 2 CPUs)
     python tools/docs_tables.py --only demo latency   # a subset
     python tools/docs_tables.py --from-logs           # rewrite the docs from the last run's saved output only
 
@@ -15,6 +15,10 @@ everything between the markers is replaced. What each table runs and reads:
 - latency:  `bench/onnx_latency.py --runs 20 --profile --full-frame --json results/docs_tables/latency.json`;
 - unseen:   `bench/unseen_photos.py --checkpoint onnx/demo_fp.pth` (after demo: the teacher it trains;
             needs scikit-learn); results/unseen_photos/summary.csv.
+- placements: per MQBench placement (`quant_scheme.backend`), `train.py` on configfile/demo_qat.yaml
+            without distillation, exported (`onnx: true`), then `tools/ptq.py --bits 8 --qat-checkpoint
+            --onnx model_qdq.onnx --runtime onnxruntime openvino`; their ptq_summary.csv files under
+            results/docs_tables/placements/ (after demo: the teacher they start from).
 
 Each region is written as soon as its command has finished, so a failure later keeps the tables done
 before it; a missing prerequisite stops the run before anything starts.
@@ -39,7 +43,9 @@ from pathlib import Path
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 LOGS = Path("results/docs_tables")
-TABLES = ("demo", "ablation", "latency", "unseen")
+TABLES = ("demo", "ablation", "latency", "unseen", "placements")
+PLACEMENTS = ("academic", "onnx_qnn", "snpe", "tensorrt")
+PLACEMENT_RUNS = LOGS / "placements"
 REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 INTERVAL = re.compile(r"^(?P<d>[+-]?\d+(?:\.\d+)?)\s*\[(?P<low>[+-]?\d+(?:\.\d+)?),\s*(?P<high>[+-]?\d+(?:\.\d+)?)\]$")
 
@@ -296,6 +302,45 @@ def unseen_body(summary_rows: list[dict], stamp: str) -> str:
     return "\n".join([stamp, "", markdown_table(list(table[0]), table), "", verdict])
 
 
+def placements_body(summaries: dict[str, list[dict]], stamp: str) -> str:
+    """Test-split PSNR / SSIM per placement from tools/ptq.py's ptq_summary.csv of each placement's QAT
+    run: MQBench PTQ, the QAT model in PyTorch, and its exported QDQ file in each runtime; onnxruntime's
+    own quantize_static once (it does not depend on the placement)."""
+    def cell(row):
+        return f"{float(row['psnr']):.3f} / {float(row['ssim']):.3f}" if row and row["psnr"] not in ("", "nan") else "-"
+
+    def find(rows, method, runtime=""):
+        return next((r for r in rows if r["method"].startswith(method) and r["runtime"].startswith(runtime)), None)
+
+    first = next(iter(summaries.values()))
+    table = [{"backend": f"(FP32 teacher: {cell(find(first, 'fp32'))})", "MQBench PTQ W8A8": "",
+              "QAT W8A8, fake-quant PyTorch": "", "QAT exported, onnxruntime": "", "QAT exported, OpenVINO": ""}]
+    gaps = []
+    for backend, rows in summaries.items():
+        qat = find(rows, "qat")
+        exported = {runtime: find(rows, "onnx ", runtime) for runtime in ("onnxruntime", "openvino")}
+        table.append({"backend": f"`{backend}`", "MQBench PTQ W8A8": cell(find(rows, "mqbench_ptq")),
+                      "QAT W8A8, fake-quant PyTorch": cell(qat),
+                      "QAT exported, onnxruntime": cell(exported["onnxruntime"]),
+                      "QAT exported, OpenVINO": cell(exported["openvino"])})
+        gaps += [abs(float(row["psnr"]) - float(qat["psnr"])) for row in exported.values() if row and qat
+                 and row["psnr"] not in ("", "nan")]
+    table.append({"backend": "onnxruntime `quantize_static` (PTQ)", "MQBench PTQ W8A8": "",
+                  "QAT W8A8, fake-quant PyTorch": "",
+                  "QAT exported, onnxruntime": cell(find(first, "onnxruntime_ptq", "onnxruntime")),
+                  "QAT exported, OpenVINO": cell(find(first, "onnxruntime_ptq", "openvino"))})
+    qat_psnr = [float(find(rows, "qat")["psnr"]) for rows in summaries.values() if find(rows, "qat")]
+    ptq_psnr = [float(find(rows, "mqbench_ptq")["psnr"]) for rows in summaries.values() if find(rows, "mqbench_ptq")]
+    notes = ["(PSNR dB / SSIM on the test split; the quantize_static row is PTQ, not QAT, in each runtime.)", ""]
+    if gaps:
+        notes.append(f"Every exported model scores within {max(gaps):.3f} dB of the fake-quant model it came from, "
+                     "in both runtimes.")
+    if qat_psnr and ptq_psnr:
+        notes.append(f"The spread between placements is {max(qat_psnr) - min(qat_psnr):.3f} dB after QAT and "
+                     f"{max(ptq_psnr) - min(ptq_psnr):.3f} dB after PTQ (one seed each).")
+    return "\n".join([stamp, "", markdown_table(list(table[0]), table), "", *notes])
+
+
 # ----------------------------------------------------------------------------- running
 
 def run(command: list[str], log: Path | None = None) -> str:
@@ -335,7 +380,8 @@ def check_prerequisites(names: list[str], from_logs: bool) -> None:
     """Stop before 40 minutes of work, not after, when a table cannot be made."""
     logs = REPOSITORY_ROOT / LOGS
     needed = {"demo": logs / "demo.log", "ablation": REPOSITORY_ROOT / "results/sweep_ablation/summary.md",
-              "latency": logs / "latency.json", "unseen": REPOSITORY_ROOT / "results/unseen_photos/summary.csv"}
+              "latency": logs / "latency.json", "unseen": REPOSITORY_ROOT / "results/unseen_photos/summary.csv",
+              "placements": REPOSITORY_ROOT / PLACEMENT_RUNS / f"placement_{PLACEMENTS[-1]}" / "ptq" / "ptq_summary.csv"}
     if from_logs:
         missing = [f"{name} ({needed[name].relative_to(REPOSITORY_ROOT)})" for name in names if not needed[name].exists()]
         if missing:
@@ -344,8 +390,9 @@ def check_prerequisites(names: list[str], from_logs: bool) -> None:
     if "unseen" in names and importlib.util.find_spec("sklearn") is None:
         stop('the unseen-photo table needs scikit-learn (its photos): '
              'pip install "scikit-learn>=1.3,<2", or leave it out with --only demo ablation latency')
-    if "unseen" in names and "demo" not in names and not (REPOSITORY_ROOT / "onnx/demo_fp.pth").exists():
-        stop("the unseen-photo table scores onnx/demo_fp.pth, which make demo trains; add demo to --only")
+    for name in ("unseen", "placements"):
+        if name in names and "demo" not in names and not (REPOSITORY_ROOT / "onnx/demo_fp.pth").exists():
+            stop(f"the {name} table starts from onnx/demo_fp.pth, which make demo trains; add demo to --only")
 
 
 def regenerate(names: list[str], from_logs: bool, write=None) -> dict[str, str]:
@@ -386,6 +433,29 @@ def regenerate(names: list[str], from_logs: bool, write=None) -> dict[str, str]:
                 run(["bench/unseen_photos.py", "--checkpoint", "onnx/demo_fp.pth"], logs / "unseen.log")
             summary = REPOSITORY_ROOT / "results/unseen_photos/summary.csv"
             bodies[name] = unseen_body(list(csv.DictReader(summary.open())), stamp(command, summary, from_logs))
+        elif name == "placements":
+            command = ("python train.py --config configfile/demo_qat.yaml --set quant_scheme.backend=B "
+                       "--set distill_coeff=0.0 --set onnx=true; python tools/ptq.py --bits 8 --qat-checkpoint "
+                       "--onnx model_qdq.onnx --runtime onnxruntime openvino; for each placement B")
+            summaries = {}
+            for backend in PLACEMENTS:
+                run_dir = PLACEMENT_RUNS / f"placement_{backend}"
+                if not from_logs:
+                    run(["train.py", "--config", "configfile/demo_qat.yaml", "--overwrite",
+                         "--set", f"quant_scheme.backend={backend}", "--set", "distill_coeff=0.0", "--set", "onnx=true",
+                         "--set", f"output.experiment=placement_{backend}",
+                         "--set", f"output.results_dir={PLACEMENT_RUNS}", "--set", f"output.artifacts_dir={PLACEMENT_RUNS}"],
+                        logs / f"placement_{backend}_train.log")
+                    best = sorted((REPOSITORY_ROOT / run_dir / "checkpoints").glob("best_*.pth"))[-1]
+                    run(["tools/ptq.py", "--config", str(run_dir / "config.yaml"), "--bits", "8",
+                         "--qat-checkpoint", str(best.relative_to(REPOSITORY_ROOT)),
+                         "--onnx", str(run_dir / "model_qdq.onnx"), "--runtime", "onnxruntime", "openvino",
+                         *(["--skip-onnxruntime"] if backend != PLACEMENTS[0] else [])],
+                        logs / f"placement_{backend}_ptq.log")
+                with (REPOSITORY_ROOT / run_dir / "ptq" / "ptq_summary.csv").open() as handle:
+                    summaries[backend] = list(csv.DictReader(handle))
+            bodies[name] = placements_body(summaries, stamp(command, REPOSITORY_ROOT / run_dir / "ptq" / "ptq_summary.csv",
+                                                            from_logs))
         if write is not None:
             write(name, bodies[name])
     return bodies
