@@ -258,3 +258,26 @@ def test_rounding_explanation_tells_float_rounding_from_a_wrong_graph(exported, 
     name, wrong = _with_quantize_scale(graph, 1.02)
     verdict = rounding_explanation(wrong, special_model, specs, x, runtime, 40.0)
     assert not verdict["explained"] and name in verdict["not_rounding"], verdict
+
+
+def test_export_summary_says_when_rounding_carried_a_check_and_what_faster_means():
+    # What tools/export_onnx.py and train.py print after an export: a run that missed its PSNR target
+    # but passed by the rounding replay says so, and "faster than FP32" names its threshold, with the
+    # measured ratios when no runtime reached it.
+    from deploy.onnx_export import FASTER_THAN_FP32, deployment_summary
+    from harness.export_run import format_summary
+    explained = {"explained": True, "elements_flipped": 51, "max_tie_distance_steps": 3.4e-4}
+    runs = [{"psnr_db": {"mono": 150.0}, "met_target": True, "ok": True},
+            {"psnr_db": {"mono": 27.5}, "met_target": False, "ok": True, "rounding": explained}]
+    checks = {"checker": {"ok": True}, "psnr_target_db": 40.0, "effective_target_db": {"mono": 40.0},
+              "runtimes": {"openvino": {"passed": True, "version": "2026.4.1", "precision": "f32"}}, "openvino": runs}
+    report = {"models": {"qdq": {"checks": checks, "path": "model_qdq.onnx", "file_bytes": 7.8e6, "opset": 21,
+                                 "passed": True}},
+              "latency": {"input_shape": [1, 1, 512, 512], "runs": 20,
+                          "ms": {"openvino": {"full_precision": {"median_ms": 100.0},
+                                              "qdq": {"median_ms": 100.0 / (FASTER_THAN_FP32 - 0.09)}}}}}
+    report["deployment"] = deployment_summary(report)
+    assert report["deployment"]["qdq"]["faster_than_fp32_in"] == []  # 1.01x is a tie, not a speed-up
+    text = format_summary(report, "out")
+    assert "below it on 1 of 2 inputs by float rounding alone: 51 element(s) one step off" in text
+    assert f"faster than FP32 (by {FASTER_THAN_FP32:g}x or more) in no runtime that passed (openvino 1.01x)" in text
