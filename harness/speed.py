@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from harness.config import ConfigError
+from quant.fast_quantizers import refresh_compiled_flags
 
 REDUCED_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # cuBLAS picks reduction splits at run time unless given a fixed workspace (CUDA docs, "Results
@@ -61,6 +62,20 @@ class _FastForward(nn.Module):
         return _to_float32(outputs)
 
 
+class _CompiledForward(nn.Module):
+    """torch.compile of `network`, with the quantizers' flags read eagerly before each call, so the
+    compiled region has no device reads in it (quant/fast_quantizers.py: refresh_compiled_flags)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.compiled = torch.compile(network)
+        self.network = network
+
+    def forward(self, x):
+        refresh_compiled_flags(self.network)
+        return self.compiled(x)
+
+
 class Speed:
     def __init__(self, config, device: torch.device):
         self.settings = settings = config.speed
@@ -93,7 +108,7 @@ class Speed:
         if not self.active:
             return network
         wrapped = _FastForward(network, self.device.type, self.dtype, self.settings.channels_last)
-        return torch.compile(wrapped) if self.settings.compile else wrapped
+        return _CompiledForward(wrapped) if self.settings.compile else wrapped
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()

@@ -152,6 +152,30 @@ def _cached_flag(module: nn.Module, name: str) -> bool:
     return value
 
 
+FLAGS = ("observer_enabled", "fake_quant_enabled")
+
+
+def _flag(module: nn.Module, name: str) -> bool:
+    """A flag as a Python bool. Inside a torch.compile region reading the buffer (even once after a
+    change) breaks the graph at every quantizer, and dynamo then recompiles the quantizer's forward
+    for each parameter shape until it hits its recompile limit and runs the rest eagerly. There the
+    value `refresh_compiled_flags` read just before the compiled call is used: a constant that dynamo
+    guards on, so a changed flag (calibration on/off) recompiles once."""
+    if torch.compiler.is_compiling():
+        flags = module.__dict__.get("_compiled_flags")
+        if flags is not None:
+            return flags[name]
+    return _cached_flag(module, name)
+
+
+def refresh_compiled_flags(model: nn.Module) -> None:
+    """Read every sync-free quantizer's flags (from the device only where they changed) for the
+    compiled forward that follows; harness/speed.py calls it before each compiled call."""
+    for module in model.modules():
+        if isinstance(module, LearnableFakeQuantize):
+            module.__dict__["_compiled_flags"] = {name: _cached_flag(module, name) for name in FLAGS}
+
+
 # Named like MQBench's class on purpose: quant plans, checkpoints ("class" field) and ONNX export
 # messages name the quantizer by type name, and the two are interchangeable.
 class LearnableFakeQuantize(MQBenchLearnableFakeQuantize):
@@ -162,14 +186,15 @@ class LearnableFakeQuantize(MQBenchLearnableFakeQuantize):
         # Copies (deepcopy, pickle) read their flags afresh: the cache refers to this module's buffers.
         state = self.__dict__.copy()
         state.pop("_flag_cache", None)
+        state.pop("_compiled_flags", None)
         return state
 
     def forward(self, X):
-        if _cached_flag(self, "observer_enabled"):
+        if _flag(self, "observer_enabled"):
             return super().forward(X)
         # In place on .data, as MQBench does: no autograd version bump on the parameters.
         self.scale.data.abs_().clamp_(min=self.eps)
-        if not _cached_flag(self, "fake_quant_enabled"):
+        if not _flag(self, "fake_quant_enabled"):
             return X
         if self.is_symmetric_quant:
             self.zero_point.data.zero_()

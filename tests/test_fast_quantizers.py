@@ -187,3 +187,31 @@ def test_quantized_model_uses_fast_quantizers_and_loads_mqbench_checkpoints():
     assert set(fast.state_dict()) == set(slow.state_dict())
     slow.train(), fast.train()
     torch.testing.assert_close(fast(batch)[1], slow(batch)[1], **TOLERANCE)
+
+
+def test_compiled_qat_forward_is_one_graph_and_follows_flag_changes():
+    # speed.compile: reading a quantizer's flag inside the compiled region broke the graph at every
+    # quantizer (94 breaks in this narrow network), and dynamo then recompiled each quantizer's forward
+    # per parameter shape until its recompile limit. With the flags read before the call
+    # (refresh_compiled_flags, what harness/speed.py does) the QAT forward is one graph, and a flag
+    # change (fake quantization off) is followed after the next refresh.
+    from quant.fast_quantizers import refresh_compiled_flags
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = prepare_quantized_model(DBFDBLE(width=0.125), {"calibration_batches": 1})
+    calibrate(qmodel, [torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))])
+    qmodel.train()
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    refresh_compiled_flags(qmodel)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(qmodel)(x)
+    assert explanation.graph_break_count == 0, [str(r.reason)[:120] for r in explanation.break_reasons[:3]]
+    compiled = torch.compile(qmodel, backend="eager")
+    for got, expected in zip(compiled(x), qmodel(x)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    qmodel.apply(torch.ao.quantization.disable_fake_quant)
+    refresh_compiled_flags(qmodel)
+    for got, expected in zip(compiled(x), qmodel(x)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch._dynamo.reset()
