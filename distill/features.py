@@ -33,7 +33,7 @@ from torch.ao.quantization.observer import ObserverBase
 from torch.fx import GraphModule
 
 from helpers.graph_ops import is_rearranging, unsupervised_nodes
-from helpers.names import nearest_text
+from helpers.names import OUTPUT_TAP, nearest_text, tapped_layer_name
 from models.tracing import copy_tracing_hooks, explain_trace_failure, make_tracer
 
 # The activation modules whose outputs are the default candidates for the Hessian ranking.
@@ -153,7 +153,7 @@ def unsupervised_layers(model, names, declared):
     node_of = {}
     for node in model.graph.nodes:
         if node.op == "call_module":
-            node_of.setdefault(node.target, node.name)
+            node_of.setdefault(tapped_layer_name(node.target), node.name)
         elif node.op in ("call_function", "call_method"):
             node_of.setdefault(node.name, node.name)
     return [name for name in names if node_of.get(name) in lost]
@@ -169,8 +169,9 @@ def called_module_names(model):
     names = []
     for node in model.graph.nodes:
         if node.op == "call_module" and not _is_quantization_module(modules[node.target]):
-            if node.target not in names:
-                names.append(node.target)
+            name = tapped_layer_name(node.target)
+            if name not in names:
+                names.append(name)
     return names
 
 
@@ -244,11 +245,12 @@ class FeatureTaps:
                                  f"{nearest_text(name, callable_names + functions)}")
         try:
             for name in self.layer_names:
-                tap = self._quantizer_reading(graph, modules, name) if (graph is not None and after_fake_quantizer) else None
+                called = f"{name}.{OUTPUT_TAP}" if f"{name}.{OUTPUT_TAP}" in modules else name
+                tap = self._quantizer_reading(graph, modules, called) if (graph is not None and after_fake_quantizer) else None
                 if tap is None and name not in callable_names:
                     tap = self._insert_function_tap(model, name)
                     modules[tap] = model.get_submodule(tap)
-                self.tap_points[name] = tap or name
+                self.tap_points[name] = tap or called
                 tapped = modules[self.tap_points[name]]
                 self._handles.append(tapped.register_forward_hook(self._recorder(name, tapped)))
         except BaseException:

@@ -78,3 +78,15 @@ def validation_error_line(error: ValidationError, model: type[BaseModel], prefix
 
 def optional_hint(close: Optional[list[str]], label: str = "nearest") -> str:
     return f" ({label}: {', '.join(close)})" if close else ""
+
+
+# A module called `<layer>.output_tap` on a layer's output stands in for a layer that is not itself a
+# called module: torchao's exported graph keeps a layer with weights as a holder of its parameters and
+# calls a function on them (quant/engines/torchao.py). distill/ taps it under the layer's own name.
+OUTPUT_TAP = "output_tap"
+
+
+def tapped_layer_name(module_name: str) -> str:
+    """The layer a called module stands for: `DBF.DBF_conv1.Conv1` for its `.output_tap`, else itself."""
+    suffix = "." + OUTPUT_TAP
+    return module_name[:-len(suffix)] if module_name.endswith(suffix) else module_name

@@ -257,3 +257,30 @@ def test_sensitivity_tool_stops_a_torchao_config_in_one_line(capsys):
     status, _, stderr = run_here(capsys, "tools/sensitivity.py", "--config", "configfile/demo_qat.yaml",
                                  "--set", "quant_scheme.engine=torchao")
     assert_one_line_error(status, stderr, "quant_scheme.engine: torchao", "MQBench-only")
+
+
+def test_distillation_at_a_conv_output_taps_the_same_values_as_the_float_teacher(prepared):
+    # A layer with weights is a parameter holder in torchao's exported graph, not a called module:
+    # its output is tapped at `<layer>.output_tap`, under the layer's own name. With fake quantization
+    # off, the student's feature there is the teacher's (same weights), and a distillation loss on it
+    # reaches the conv's weight.
+    conv = "DBF.DBF_conv1.Conv2"
+    student = copy.deepcopy(prepared[0])
+    calibrate(student, [inputs(1), inputs(2)])
+    distiller = Distiller(student, float_model(), [conv], [1.0])
+    assert distiller.student_taps.tap_points[conv] == f"{conv}.output_tap"
+    student.apply(torch.ao.quantization.disable_fake_quant)
+    student.train()
+    x = inputs(3)
+    student(x)
+    distiller(x)
+    student_feature = distiller.student_taps.outputs[conv]
+    teacher_feature = distiller.teacher_taps.outputs[conv]
+    torch.testing.assert_close(student_feature, teacher_feature, rtol=1e-5, atol=1e-5)
+    student.apply(torch.ao.quantization.enable_fake_quant)
+    student(x)
+    distill_loss, terms = distiller(x)
+    assert float(terms[conv]) > 0
+    distill_loss.backward()
+    weight = dict(student.named_parameters())[f"{conv}.weight"]
+    assert weight.grad is not None and float(weight.grad.abs().sum()) > 0
