@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -29,10 +30,10 @@ FLOAT_NOISE_MARGIN_DB = 6.0
 # on the thesis model's 10-bit and 4-bit layers; a wrong scale or zero point flips elements
 # anywhere in [0, 0.5] steps from a boundary.
 TIE_TOLERANCE_STEPS = 1e-2
+TIE_TOLERANCE_RELATIVE = 1e-5
 # A handful of flips is allowed in any tensor, however small: one flip in the 512 elements of a narrow
 # network's deepest level is a fraction of 2e-3 (measured, 5e-7 steps from a tie).
 FEW_FLIPS = 8
-TIE_TOLERANCE_RELATIVE = 1e-5
 
 # ----------------------------------------------------------------------------- checks
 
@@ -66,19 +67,28 @@ def _activation_outputs(model: onnx.ModelProto) -> dict[str, str]:
     return found
 
 
-def _probe_run(model: onnx.ModelProto, outputs: dict[str, str], runtime: str, x: torch.Tensor) -> tuple[dict, list]:
-    """Run `model` in `runtime` with every tensor in `outputs` made a graph output: (tensor name ->
-    value, the graph's own outputs in order). onnxruntime runs it unoptimized (DequantizeLinear
-    outputs must stay visible); OpenVINO cannot switch its low-precision transformations off, and
-    each extra output only stops the fusions across that one tensor."""
+@dataclass
+class Probe:
+    """A runtime's values for every activation quantizer of a QDQ graph on one input."""
+    outputs: dict  # quantizer name -> the tensor its DequantizeLinear writes
+    values: dict  # tensor name -> the runtime's value
+    final: list  # the graph's own outputs, in order
+
+
+def probe_run(model: onnx.ModelProto, runtime: str, x: torch.Tensor) -> Probe:
+    """Run `model` in `runtime` on x with every activation quantizer's output made a graph output.
+    onnxruntime runs it unoptimized (DequantizeLinear outputs must stay visible); OpenVINO cannot
+    switch its low-precision transformations off, and each extra output only stops the fusions
+    across that one tensor."""
+    outputs = _activation_outputs(model)
     probe = copy.deepcopy(model)
     present = {o.name for o in probe.graph.output}
     for tensor in outputs.values():
         if tensor not in present:
             probe.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
     session = open_session(probe, runtime, precision=DEFAULT_PRECISION, optimize=False)
-    got = dict(zip([o.name for o in probe.graph.output], session.run(x.numpy())))
-    return got, [got[o.name] for o in model.graph.output]
+    values = dict(zip([o.name for o in probe.graph.output], session.run(x.numpy())))
+    return Probe(outputs, values, [values[o.name] for o in model.graph.output])
 
 
 def _steps(specs: list[QuantSpec], name: str, like: torch.Tensor) -> torch.Tensor:
@@ -89,7 +99,7 @@ def _steps(specs: list[QuantSpec], name: str, like: torch.Tensor) -> torch.Tenso
 
 
 def first_divergence(model: onnx.ModelProto, reference: torch.nn.Module, specs: list[QuantSpec],
-                     x: torch.Tensor, runtime: str = "onnxruntime") -> Optional[dict]:
+                     x: torch.Tensor, runtime: str = "onnxruntime", probe: Optional[Probe] = None) -> Optional[dict]:
     """Where a runtime's QDQ graph first departs from the fake-quantized PyTorch model on input x:
     the first activation quantizer (in graph order) whose dequantized output differs, with how many
     elements differ and by how many quantization steps at most; None when every quantizer agrees.
@@ -97,9 +107,10 @@ def first_divergence(model: onnx.ModelProto, reference: torch.nn.Module, specs: 
     Both sides quantize with the same scale and zero point, so a difference there means the
     quantizer's *input* differed by float rounding (the two runtimes sum convolutions in different
     orders) and an element near a rounding boundary went the other way. At 4 bits one such flip is
-    1/15 of the range and propagates; this names the quantizer where it starts."""
-    outputs = _activation_outputs(model)
-    got, _ = _probe_run(model, outputs, runtime, x)
+    1/15 of the range and propagates; this names the quantizer where it starts. `probe`: that
+    runtime's probe_run on x, when already made."""
+    probe = probe or probe_run(model, runtime, x)
+    outputs, got = probe.outputs, probe.values
     seen, hooks = {}, []
 
     def keep(name, output):
@@ -130,7 +141,7 @@ def first_divergence(model: onnx.ModelProto, reference: torch.nn.Module, specs: 
 
 
 def rounding_explanation(model: onnx.ModelProto, reference: torch.nn.Module, specs: list[QuantSpec],
-                         x: torch.Tensor, runtime: str, psnr_target: float) -> dict:
+                         x: torch.Tensor, runtime: str, psnr_target: float, probe: Optional[Probe] = None) -> dict:
     """Whether float rounding alone explains where a runtime's QDQ graph departs from PyTorch on x.
 
     A low-bit network amplifies one flipped rounding into an output far below any PSNR target (one
@@ -146,9 +157,9 @@ def rounding_explanation(model: onnx.ModelProto, reference: torch.nn.Module, spe
     - PyTorch's outputs so forced must reach psnr_target against the runtime's: the float parts
       between quantizers compute the same function.
     A wrong scale or zero point, or a layer the runtime computes differently, fails one of the two.
-    The runtime is run as in first_divergence (quantizer outputs visible)."""
-    outputs = _activation_outputs(model)
-    got, final = _probe_run(model, outputs, runtime, x)
+    The runtime is run as in first_divergence (quantizer outputs visible: probe_run)."""
+    probe = probe or probe_run(model, runtime, x)
+    outputs, got, final = probe.outputs, probe.values, probe.final
     modules = dict(fake_quantizers(reference))
     flips, forced, hooks = {}, set(), []
 

@@ -33,7 +33,7 @@ from torch.ao.quantization.observer import ObserverBase
 from torch.fx import GraphModule
 
 from helpers.graph_ops import is_rearranging, unsupervised_nodes
-from helpers.names import OUTPUT_TAP, nearest_text, tapped_layer_name
+from helpers.names import nearest_text, output_tap, tapped_layer_name
 from models.tracing import copy_tracing_hooks, explain_trace_failure, make_tracer
 
 # The activation modules whose outputs are the default candidates for the Hessian ranking.
@@ -245,7 +245,7 @@ class FeatureTaps:
                                  f"{nearest_text(name, callable_names + functions)}")
         try:
             for name in self.layer_names:
-                called = f"{name}.{OUTPUT_TAP}" if f"{name}.{OUTPUT_TAP}" in modules else name
+                called = output_tap(name) if output_tap(name) in modules else name
                 tap = self._quantizer_reading(graph, modules, called) if (graph is not None and after_fake_quantizer) else None
                 if tap is None and name not in callable_names:
                     tap = self._insert_function_tap(model, name)

@@ -86,6 +86,11 @@ def optional_hint(close: Optional[list[str]], label: str = "nearest") -> str:
 OUTPUT_TAP = "output_tap"
 
 
+def output_tap(layer: str) -> str:
+    """The name of the module that stands in for `layer`'s output: `<layer>.output_tap`."""
+    return f"{layer}.{OUTPUT_TAP}"
+
+
 def tapped_layer_name(module_name: str) -> str:
     """The layer a called module stands for: `DBF.DBF_conv1.Conv1` for its `.output_tap`, else itself."""
     suffix = "." + OUTPUT_TAP

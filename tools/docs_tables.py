@@ -275,14 +275,13 @@ def latency_body(result: dict, stamp: str) -> str:
     if profiles:
         profiles.insert(0, "Kernel time per run by op type (onnxruntime's profiler; the rest of a run is "
                            "scheduling and memory):")
-    full = [{"model": row["model"], "runtime": row["runtime"], "s per frame": f"{row['median_ms'] / 1e3:.2f}",
-             "vs FP32, same runtime": f"{next(f['median_ms'] for f in result['full_frame'] if f['model'] == 'fp32' and f['runtime'] == row['runtime']) / row['median_ms']:.2f}x"}
-            for row in result.get("full_frame", [])]
-    if full:
-        full = ["Full frames: one 1x1x2848x4256 mosaic (a whole Sony frame, no tiling): in each runtime FP32 and "
-                "the W8A8 export that was fastest there while passing, each session alone (not interleaved), one "
-                "run after a warm-up:", "",
-                markdown_table(list(full[0]), full), ""]
+    frames = result.get("full_frame", [])
+    frame_fp32 = {row["runtime"]: row["median_ms"] for row in frames if row["model"] == "fp32"}
+    frame_table = [{"model": row["model"], "runtime": row["runtime"], "s per frame": f"{row['median_ms'] / 1e3:.2f}",
+                    "vs FP32, same runtime": f"{frame_fp32[row['runtime']] / row['median_ms']:.2f}x"} for row in frames]
+    full = ["Full frames: one 1x1x2848x4256 mosaic (a whole Sony frame, no tiling): in each runtime FP32 and "
+            "the W8A8 export that was fastest there while passing, each session alone (not interleaved), one "
+            "run after a warm-up:", "", markdown_table(list(frame_table[0]), frame_table), ""] if frame_table else []
     return "\n".join([stamp, "", machine, "1x1x512x512 input, full width, 2 threads, median (min) of 20 runs "
                       "interleaved across every row; \"agree dB\": PSNR of this output against onnxruntime's, same "
                       "model. Latency on a shared machine moves by tens of percent from hour to hour; compare rows of "
@@ -376,6 +375,17 @@ def clear_ablation_results() -> None:
         (REPOSITORY_ROOT / teacher.artifacts_dir / f"{teacher.experiment}{suffix}").unlink(missing_ok=True)
 
 
+def best_checkpoint(config_path: Path) -> Path:
+    """The run's best checkpoint, as test.py and export_onnx.py pick it (harness.evaluate_run), relative
+    to the repository root like the run's own paths."""
+    import contextlib
+    sys.path.insert(0, str(REPOSITORY_ROOT))
+    from harness.config import load_config
+    from harness.evaluate_run import default_checkpoint
+    with contextlib.chdir(REPOSITORY_ROOT):
+        return default_checkpoint(load_config(config_path, check_files=False))
+
+
 def check_prerequisites(names: list[str], from_logs: bool) -> None:
     """Stop before 40 minutes of work, not after, when a table cannot be made."""
     logs = REPOSITORY_ROOT / LOGS
@@ -446,9 +456,8 @@ def regenerate(names: list[str], from_logs: bool, write=None) -> dict[str, str]:
                          "--set", f"output.experiment=placement_{backend}",
                          "--set", f"output.results_dir={PLACEMENT_RUNS}", "--set", f"output.artifacts_dir={PLACEMENT_RUNS}"],
                         logs / f"placement_{backend}_train.log")
-                    best = sorted((REPOSITORY_ROOT / run_dir / "checkpoints").glob("best_*.pth"))[-1]
                     run(["tools/ptq.py", "--config", str(run_dir / "config.yaml"), "--bits", "8",
-                         "--qat-checkpoint", str(best.relative_to(REPOSITORY_ROOT)),
+                         "--qat-checkpoint", str(best_checkpoint(run_dir / "config.yaml")),
                          "--onnx", str(run_dir / "model_qdq.onnx"), "--runtime", "onnxruntime", "openvino",
                          *(["--skip-onnxruntime"] if backend != PLACEMENTS[0] else [])],
                         logs / f"placement_{backend}_ptq.log")

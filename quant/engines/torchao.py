@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule, Node
 
-from helpers.names import OUTPUT_TAP, nearest
+from helpers.names import nearest, output_tap
 from models.contract import example_input
 from quant.prepare import QUANTIZER_SUFFIX, WEIGHT_QUANTIZER, QuantizerFactory, fake_quantizers
 from quant.scheme import parse_quant_scheme
@@ -367,7 +367,7 @@ class FeatureTap(nn.Identity):
 def _insert_feature_taps(prepared: GraphModule) -> list[str]:
     """A FeatureTap after each single-op layer call, between the op and its activation quantizer:
     named like the MQBench engine's module (`DBF.DBF_conv1.lrelu_dup1`) for a layer without weights,
-    and `<layer>.output_tap` (helpers.names.OUTPUT_TAP) for a layer with weights, whose name already
+    and `<layer>.output_tap` (helpers.names.output_tap) for a layer with weights, whose name already
     holds its parameters; distill/ finds both under the layer's name."""
     weighted, _ = _ops()
     added = []
@@ -375,10 +375,12 @@ def _insert_feature_taps(prepared: GraphModule) -> list[str]:
         if len(nodes) != 1:
             continue
         node = nodes[0]
-        if node.target in weighted or _has_submodule(prepared, label):
-            if not _has_submodule(prepared, label) or _has_submodule(prepared, f"{label}.{OUTPUT_TAP}"):
-                continue
-            label = f"{label}.{OUTPUT_TAP}"
+        if _has_submodule(prepared, label):  # the name holds the layer's parameters: tap beside them
+            label = output_tap(label)
+        elif node.target in weighted:
+            continue  # weights with no holder to name the tap after
+        if _has_submodule(prepared, label):
+            continue
         prepared.add_submodule(label, FeatureTap())
         with prepared.graph.inserting_after(node):
             tap = prepared.graph.call_module(label, (node,))
