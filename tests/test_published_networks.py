@@ -498,3 +498,34 @@ def test_a_network_with_raw_and_ignored_outputs_exports_and_runs_in_onnxruntime(
         assert outputs == {"rgb": ["batch", 3, "height", "width"],
                            "denoised_raw": ["batch", 4, "height_half", "width_half"],
                            "output2": ["batch", 1, "height_half", "width_half"]}
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_export_check_and_rounding_replay_on_a_network_with_a_pad_before_its_first_conv(runtime, tmp_path):
+    # Outside DBF/DBLE: the 8-bit input through the reflect pad and pixel-unshuffle exports, passes in
+    # the runtime, and the rounding replay still tells a 2% wrong activation scale from rounding,
+    # naming that quantizer.
+    pytest.importorskip(runtime)
+    import numpy as np
+    import onnx
+
+    from deploy import export_qdq
+    from deploy.onnx_verify import rounding_explanation
+    from deploy.quantizers import describe, fake_quantizers
+    torch.manual_seed(0)
+    qmodel = prepare(PadFirst(), {"input_layer": 8})
+    calibrate(qmodel, [torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(s)) for s in range(2)])
+    qmodel.eval()
+    info = export_qdq(qmodel, tmp_path / "q.onnx", runtimes=[runtime])
+    assert info.checks["runtimes"][runtime]["passed"]
+    graph = onnx.load(str(tmp_path / "q.onnx"))
+    initializers = {i.name: i for i in graph.graph.initializer}
+    quantizes = [n for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+    quantize = quantizes[len(quantizes) // 2]
+    scale = onnx.numpy_helper.to_array(initializers[quantize.input[1]]).astype(np.float32)
+    graph.graph.initializer.append(onnx.numpy_helper.from_array((scale * np.float32(1.02)).astype(np.float32), "wrong"))
+    quantize.input[1] = "wrong"
+    specs = [describe(name, fq) for name, fq in fake_quantizers(qmodel)]
+    x = torch.rand(2, 1, 128, 128, generator=torch.Generator().manual_seed(3))
+    verdict = rounding_explanation(graph, qmodel, specs, x, runtime, 40.0)
+    assert not verdict["explained"] and quantize.name.rsplit("/", 1)[0] in verdict["not_rounding"], verdict
